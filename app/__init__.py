@@ -1,0 +1,1 @@
+"""Waybill: usage metering and billing."""

@@ -1,0 +1,1 @@
+"""Database access: the embedded cluster, migrations, the pool, error mapping."""

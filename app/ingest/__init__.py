@@ -1,0 +1,1 @@
+"""Event ingestion: validate, deduplicate, store durably."""

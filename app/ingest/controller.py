@@ -1,0 +1,109 @@
+"""POST /internal/events and /internal/events/batch (CONTRACT.md section 1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, post
+
+from app.auth import require_internal_key
+from app.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from app.ingest.store import store_events
+from app.ingest.validate import EventRow, decode_batch, parse_event
+from app.observability import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
+
+
+# What a body that is not JSON at all raises (msgspec checks UTF-8 as it goes).
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+def _json(body: object, status: int) -> Response[bytes]:
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+
+
+def _require_json(request: Request[Any, Any, Any]) -> None:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type not in ("application/json", "") and not media_type.endswith("+json"):
+        EVENTS_REJECTED.labels(reason="content_type").inc()
+        raise UnsupportedMediaType(f"send the body as application/json, not {media_type}")
+
+
+def _reject(reason: str, count: int = 1) -> None:
+    EVENTS_REJECTED.labels(reason=reason).inc(count)
+
+
+@post("/events", status_code=201)
+async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Record one event. 201 when new; 200 with `duplicate: true` for a replay."""
+    _require_json(request)
+    pool, settings = request.app.state.pool, request.app.state.settings
+    body = await request.body()
+    try:
+        parsed = parse_event(body, now=datetime.now(UTC), max_age=settings.event_max_age,
+                             max_future=settings.event_max_future)
+    except MALFORMED as exc:
+        _reject("malformed")
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(parsed, EventRow):
+        _reject("invalid")
+        raise Unprocessable("the event is invalid", errors=[{"index": 0, "errors": parsed}])
+    (stored,) = await store_events(pool, [parsed])
+    if stored.duplicate:
+        EVENTS_DUPLICATE.inc()
+        return _json({"event_id": str(stored.event_id), "duplicate": True}, 200)
+    EVENTS_ACCEPTED.inc()
+    return _json({"event_id": str(stored.event_id), "duplicate": False}, 201)
+
+
+@post("/events/batch", status_code=201)
+async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Record a batch atomically: every event is valid and stored, or none is."""
+    _require_json(request)
+    pool, settings = request.app.state.pool, request.app.state.settings
+    body = await request.body()
+    try:
+        raw_events = decode_batch(body)
+    except msgspec.ValidationError as exc:
+        _reject("invalid")
+        raise Unprocessable(f"the body must be {{\"events\": [...]}}: {exc}") from None
+    except MALFORMED as exc:
+        _reject("malformed")
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not raw_events:
+        _reject("empty_batch")
+        raise Unprocessable("the batch holds no events")
+    if len(raw_events) > settings.max_batch_events:
+        _reject("batch_too_large", len(raw_events))
+        raise Unprocessable(
+            f"the batch holds {len(raw_events)} events; the limit is {settings.max_batch_events}"
+        )
+    now = datetime.now(UTC)
+    rows: list[EventRow] = []
+    errors: list[dict[str, object]] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            parsed = parse_event(raw, now=now, max_age=settings.event_max_age,
+                                 max_future=settings.event_max_future)
+        except MALFORMED as exc:
+            _reject("malformed", len(raw_events))
+            raise BadRequest(f"malformed JSON in event {index}: {exc}") from None
+        if isinstance(parsed, EventRow):
+            rows.append(parsed)
+        else:
+            errors.append({"index": index, "errors": parsed})
+    if errors:
+        _reject("invalid", len(raw_events))
+        raise Unprocessable(f"{len(errors)} of {len(raw_events)} events are invalid; "
+                            "nothing was stored", errors=errors)
+    stored = await store_events(pool, rows)
+    duplicates = sum(1 for s in stored if s.duplicate)
+    EVENTS_ACCEPTED.inc(len(stored) - duplicates)
+    EVENTS_DUPLICATE.inc(duplicates)
+    return _json({"accepted": len(stored) - duplicates, "duplicates": duplicates}, 201)
+
+
+router = Router(path="/internal", route_handlers=[ingest_one, ingest_batch],
+                guards=[require_internal_key], tags=["ingestion"])

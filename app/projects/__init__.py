@@ -1,0 +1,1 @@
+"""Project administration: API keys (internal endpoints)."""

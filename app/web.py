@@ -1,0 +1,66 @@
+"""The Litestar application: `create_app(settings=None, *, pool=None)`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from psycopg_pool import AsyncConnectionPool
+
+from app.config import Settings
+from app.db.pool import make_pool
+from app.errors import WaybillError, handle_http_exception, handle_unexpected, handle_waybill_error
+from app.health import health, ready
+from app.ingest.controller import router as ingest_router
+from app.observability import metrics, request_logging
+from app.projects.controller import router as projects_router
+
+log = logging.getLogger("waybill")
+
+
+def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | None = None,
+               database_url: str | None = None) -> Litestar:
+    """Build the service. `pool` lets a caller (tests) own the pool's lifetime."""
+    settings = settings or Settings.from_env()
+    url = database_url or settings.database_url
+    owns_pool = pool is None
+    if pool is None:
+        if not url:
+            raise ValueError("no database: set DATABASE_URL (or use `waybill dev`)")
+        pool = make_pool(settings, url)
+    the_pool = pool
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if not settings.internal_api_key:
+            log.warning("INTERNAL_API_KEY is not set: internal endpoints refuse every call")
+        if not settings.stripe_secret_key:
+            log.warning("STRIPE_SECRET_KEY is not set: Stripe is off (no invoices sent)")
+        if owns_pool:
+            await the_pool.open(wait=False)
+        try:
+            yield
+        finally:
+            if owns_pool:
+                await the_pool.close()
+
+    return Litestar(
+        route_handlers=[health, ready, metrics, ingest_router, projects_router],
+        exception_handlers={
+            WaybillError: handle_waybill_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        middleware=[request_logging],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Waybill", version="0.1.0", path="/schema"),
+        state=State({"settings": settings, "pool": the_pool}),
+        logging_config=None,  # the CLI configures JSON logging
+        debug=False,
+    )
