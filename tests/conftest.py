@@ -28,7 +28,8 @@ from app.db.migrate import migrate
 from app.web import create_app
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-TEMPLATE = "waybill_test_template"
+# Per run, so that two test runs on one server never drop each other's template.
+TEMPLATE = f"waybill_test_template_{os.getpid()}"
 INTERNAL_KEY = "test-internal-key"
 DASHBOARD_KEY = "test-dashboard-key"
 
@@ -75,14 +76,16 @@ def _admin(server_url: str) -> psycopg.Connection[Any]:
 
 
 @pytest.fixture(scope="session")
-def template_url(server_url: str) -> str:
+def template_url(server_url: str) -> Iterator[str]:
     """A database with the whole schema, built once per test run."""
     with _admin(server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
     url = make_conninfo(server_url, dbname=TEMPLATE)
     migrate(url, schedule=False)
-    return url
+    yield url
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
 def clone_database(server_url: str, template_url: str) -> str:

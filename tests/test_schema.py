@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 
 from app.db.migrate import migrate, repeatable_files
@@ -36,10 +38,11 @@ def fingerprint(url: str) -> str:
 
 def test_empty_database_migrates_to_head_and_again_without_change(server_url):
     admin_url = psycopg.conninfo.make_conninfo(server_url, dbname="postgres")
-    url = psycopg.conninfo.make_conninfo(server_url, dbname="waybill_test_empty")
+    name = f"waybill_test_empty_{os.getpid()}"
+    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute('DROP DATABASE IF EXISTS "waybill_test_empty" WITH (FORCE)')
-        admin.execute('CREATE DATABASE "waybill_test_empty"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
         first = migrate(url, schedule=False)
         assert first.applied, "an empty database has every migration pending"

@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmarks: a scratch database, the real API process, results.
+
+Each benchmark measures the thing and its floor in one run on this machine and
+reports ratios, so the numbers mean something on other hardware too. Results go
+to bench/results/<name>.json (machine-readable) and <name>.md (what the README
+quotes), both committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from app.db.cluster import Cluster
+from app.db.migrate import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def server_url() -> str:
+    """Admin URL of the server to measure on: BENCH_DATABASE_URL or the embedded cluster."""
+    explicit = os.environ.get("BENCH_DATABASE_URL")
+    if explicit:
+        return explicit
+    cluster = Cluster.default()
+    cluster.up()
+    return cluster.url("postgres")
+
+
+def fresh_database(name: str) -> str:
+    """Drop and re-create database `name` with the whole schema; return its URL."""
+    admin = server_url()
+    with psycopg.connect(make_conninfo(admin, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin, dbname=name)
+    migrate(url, schedule=False)
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def api_process(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The real `waybill serve` in its own process; yields (process, base URL)."""
+    port = free_port()
+    environ = {**os.environ, "DATABASE_URL": database_url, "API_PORT": str(port),
+               "LOG_LEVEL": "WARNING", **env}
+    process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=environ,
+                               cwd=PROJECT_DIR, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield process, base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """High-water resident memory of a running process (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def record(name: str, results: dict[str, Any], summary: str) -> None:
+    """Write bench/results/<name>.json and .md and print the summary."""
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"name": name, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+            "command": f"make bench (python -m bench {name})"}
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **results}, indent=2, default=str))
+    text = f"# {name}\n\nMeasured {meta['measured_at']} on {meta['machine']} with `{meta['command']}`.\n\n{summary}\n"
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
