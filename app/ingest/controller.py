@@ -53,9 +53,9 @@ async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
     (stored,) = await store_events(pool, [parsed])
     if stored.duplicate:
         EVENTS_DUPLICATE.inc()
-        return _json({"event_id": str(stored.event_id), "duplicate": True}, 200)
+        return _json({"event_id": stored.event_id, "duplicate": True}, 200)
     EVENTS_ACCEPTED.inc()
-    return _json({"event_id": str(stored.event_id), "duplicate": False}, 201)
+    return _json({"event_id": stored.event_id, "duplicate": False}, 201)
 
 
 @post("/events/batch", status_code=201)
