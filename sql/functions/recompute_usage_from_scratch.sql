@@ -1,0 +1,28 @@
+-- waybill.recompute_usage_from_scratch: rebuild every derived metering table
+-- from usage_events alone, as if no rollup had ever run.
+--
+-- Input: p_until, an hour boundary: hours before it are computed (days too,
+-- when all their hours are). Output: jsonb {hourly, daily}.
+-- Side effects: empties resource_states, metering_anomalies, point_usage,
+-- hourly_usage, daily_usage, rollup_dirty_days; resets the watermark; reruns
+-- the rollups. Holds the rollup lock throughout, so readers in other
+-- transactions see the old usage until it commits. Errors: as rollup_hourly.
+CREATE OR REPLACE FUNCTION waybill.recompute_usage_from_scratch(p_until timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_hourly jsonb;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'));
+    DELETE FROM waybill.resource_states;
+    DELETE FROM waybill.metering_anomalies;
+    DELETE FROM waybill.point_usage;
+    DELETE FROM waybill.hourly_usage;
+    DELETE FROM waybill.daily_usage;
+    DELETE FROM waybill.rollup_dirty_days;
+    UPDATE waybill.rollup_state SET watermark = 0, closed_until = NULL;
+    v_hourly := waybill.rollup_hourly(p_until);
+    RETURN jsonb_build_object('hourly', v_hourly,
+        'daily', waybill.rollup_daily((p_until AT TIME ZONE 'UTC')::date + 1));
+END
+$$;
