@@ -69,10 +69,10 @@ def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(settings: Settings, url: str) -> None:
     import uvicorn
 
-    from app.web import create_app
-
-    app = create_app(settings, database_url=url)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
+    # Worker processes build the app themselves, from the environment.
+    os.environ["DATABASE_URL"] = url
+    uvicorn.run("app.web:create_app", factory=True, workers=settings.api_workers,
+                host=settings.api_host, port=settings.api_port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=5)
 
 
@@ -100,6 +100,10 @@ def dev_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"serving on http://{settings.api_host}:{settings.api_port} (Ctrl-C stops)")
     _serve(settings, url)
     return 0
+
+
+import app.billing.commands  # noqa: E402, F401 - registers `bill`
+import app.usage.commands  # noqa: E402, F401 - registers `aggregate`
 
 
 def main(argv: list[str] | None = None) -> int:

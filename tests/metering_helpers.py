@@ -81,7 +81,7 @@ def snapshot(conn: psycopg.Connection[Any], project_ids: list[str] | None = None
         "daily": "SELECT project_id, day, compute_gb_seconds, storage_gb_seconds, build_seconds,"
                  " bandwidth_gb, custom_domains FROM waybill.daily_usage{w} ORDER BY 1, 2",
         "states": "SELECT project_id, kind, resource_type, resource_id, event_time, seq, active,"
-                  " value, valid_to FROM waybill.resource_states{w} ORDER BY 1, 2, 3, 4, 5, 6",
+                  " value, nullif(valid_to, 'infinity') FROM waybill.resource_states{w} ORDER BY 1, 2, 3, 4, 5, 6",
         "anomalies": "SELECT seq, anomaly FROM waybill.metering_anomalies{w} ORDER BY 1, 2",
     }
     for name, query in queries.items():

@@ -1,7 +1,8 @@
 -- waybill.rollup_hourly: bring hourly_usage up to date with every committed event.
 --
--- Input: p_until, an hour boundary (UTC). Hours before it are closed and get
--- computed; later hours wait for a later run.
+-- Inputs: p_until, an hour boundary (UTC): hours before it are closed and get
+-- computed, later hours wait for a later run. p_max_wait: how long to wait for
+-- transactions still writing events below the safe upper bound.
 -- Reads: usage_events with seq in (watermark, safe upper bound], plus the state
 -- rows of the resources those events touch (docs/metering.md).
 -- Output: jsonb summary {events, resources, cells, watermark, closed_until}.
@@ -9,14 +10,18 @@
 -- rollup_dirty_days and rollup_state, all in the caller's transaction, so a run
 -- that fails changes nothing. Concurrent runs serialize on an advisory lock.
 -- Errors: 22023 when p_until is not an hour boundary; 25001 unless READ COMMITTED
--- (each statement must see the events committed while the run waited for them).
-CREATE OR REPLACE FUNCTION waybill.rollup_hourly(p_until timestamptz) RETURNS jsonb
+-- (each statement must see the events committed while the run waited for them);
+-- 55P03 when writers are still open after p_max_wait (nothing changed; retry).
+CREATE OR REPLACE FUNCTION waybill.rollup_hourly(p_until timestamptz,
+                                                 p_max_wait interval DEFAULT '5 minutes')
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_state      waybill.rollup_state;
     v_hi         bigint;
     v_vxids      text[];
     v_waited     integer := 0;
+    v_deadline   timestamptz;
     v_from       timestamptz;
     v_to         timestamptz;
     v_events     bigint;
@@ -44,12 +49,18 @@ BEGIN
       FROM pg_locks l
      WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events'::regclass
        AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid();
+    v_deadline := clock_timestamp() + p_max_wait;
     WHILE v_vxids IS NOT NULL AND EXISTS (
         SELECT 1 FROM pg_locks l
          WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events'::regclass
            AND l.virtualtransaction = ANY (v_vxids))
     LOOP
-        PERFORM pg_sleep(0.01);
+        IF clock_timestamp() > v_deadline THEN
+            RAISE EXCEPTION 'rollup_hourly: transactions writing usage_events still open after %',
+                p_max_wait USING ERRCODE = '55P03',
+                HINT = 'a long transaction holds rows below the watermark; the next run retries';
+        END IF;
+        PERFORM pg_sleep(0.005);
         v_waited := v_waited + 1;
     END LOOP;
     IF v_hi < v_state.watermark THEN

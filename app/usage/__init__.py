@@ -1,0 +1,1 @@
+"""Metering reads: usage history over HTTP and the `waybill aggregate` command."""
