@@ -35,8 +35,8 @@ def same_secret(presented: str | None, expected: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def require_internal_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard for /internal routes."""
+async def require_internal_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for /internal routes (async: a sync guard would cost a thread hop per request)."""
     settings: Settings = connection.app.state.settings
     if not settings.internal_api_key:
         raise Unavailable("internal endpoints are disabled: INTERNAL_API_KEY is not set")

@@ -35,6 +35,8 @@ class Settings:
     database_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8082
+    # API processes; more than one lets Python use every core beside PostgreSQL.
+    api_workers: int = 1
     # Internal endpoints (events, admin) refuse every call while this is unset.
     internal_api_key: str | None = None
     # Bearer token that reads every project's usage and invoices.
@@ -63,6 +65,7 @@ class Settings:
             database_url=_env("DATABASE_URL"),
             api_host=_env("API_HOST", "127.0.0.1") or "127.0.0.1",
             api_port=int(_env("API_PORT", "8082") or 8082),
+            api_workers=int(_env("API_WORKERS", "1") or 1),
             internal_api_key=_env("INTERNAL_API_KEY"),
             dashboard_api_key=_env("DASHBOARD_API_KEY"),
             max_batch_events=int(_env("MAX_BATCH_EVENTS", "1000") or 1000),
@@ -85,7 +88,7 @@ class Settings:
 
 # Environment variables the service reads; docker-compose.yml is checked against it.
 ENVIRONMENT_VARIABLES = (
-    "DATABASE_URL", "API_HOST", "API_PORT", "INTERNAL_API_KEY", "DASHBOARD_API_KEY",
+    "DATABASE_URL", "API_HOST", "API_PORT", "API_WORKERS", "INTERNAL_API_KEY", "DASHBOARD_API_KEY",
     "MAX_BATCH_EVENTS", "MAX_BODY_BYTES", "EVENT_MAX_AGE", "BILLING_GRACE_PERIOD",
     "DB_POOL_MIN", "DB_POOL_MAX", "DB_POOL_TIMEOUT", "STRIPE_SECRET_KEY",
     "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE", "PRICE_COMPUTE_GB_HOUR",

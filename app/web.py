@@ -12,12 +12,14 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from psycopg_pool import AsyncConnectionPool
 
+from app.billing.controller import routers as billing_routers
 from app.config import Settings
 from app.db.pool import make_pool
 from app.errors import WaybillError, handle_http_exception, handle_unexpected, handle_waybill_error
 from app.health import health, ready
 from app.ingest.controller import router as ingest_router
-from app.observability import metrics, request_logging
+from app.ingest.writer import EventWriter
+from app.observability import configure_logging, metrics, request_logging
 from app.projects.controller import router as projects_router
 
 log = logging.getLogger("waybill")
@@ -26,7 +28,9 @@ log = logging.getLogger("waybill")
 def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | None = None,
                database_url: str | None = None) -> Litestar:
     """Build the service. `pool` lets a caller (tests) own the pool's lifetime."""
-    settings = settings or Settings.from_env()
+    if settings is None:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
     url = database_url or settings.database_url
     owns_pool = pool is None
     if pool is None:
@@ -36,21 +40,25 @@ def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | 
     the_pool = pool
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not settings.internal_api_key:
             log.warning("INTERNAL_API_KEY is not set: internal endpoints refuse every call")
         if not settings.stripe_secret_key:
             log.warning("STRIPE_SECRET_KEY is not set: Stripe is off (no invoices sent)")
         if owns_pool:
             await the_pool.open(wait=False)
+        writer = EventWriter(the_pool)
+        app.state.writer = writer
+        writer.start()
         try:
             yield
         finally:
+            await writer.stop()
             if owns_pool:
                 await the_pool.close()
 
     return Litestar(
-        route_handlers=[health, ready, metrics, ingest_router, projects_router],
+        route_handlers=[health, ready, metrics, ingest_router, projects_router, *billing_routers],
         exception_handlers={
             WaybillError: handle_waybill_error,
             HTTPException: handle_http_exception,

@@ -122,7 +122,7 @@ def copy_ceiling(url: str, batches: list[bytes]) -> float:
                     copy.write_row((r.event_id, r.project_id, r.event_type, r.resource_type,
                                     r.resource_id, r.event_time, r.idempotency_key, r.replicas,
                                     r.cpu_millicores, r.memory_mb, r.size_gb, r.quantity,
-                                    r.metrics.decode()))
+                                    bytes(r.metrics).decode()))
         elapsed = time.perf_counter() - started
         for table in ("usage_events", "event_keys"):
             conn.execute(f"DROP TABLE public.scratch_{table}")

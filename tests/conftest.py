@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 from litestar.testing import TestClient
+from psycopg.conninfo import make_conninfo
 
 from app.config import Settings
 from app.db.cluster import Cluster

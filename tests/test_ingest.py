@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.ingest.store import store_events
 from app.ingest.validate import EventRow, parse_event
 from tests.conftest import INTERNAL_KEY, make_settings
-from tests.factories import event, iso, recent
+from tests.factories import event, iso
 
 
 def count_events(db: psycopg.Connection[Any], project_id: str | None = None) -> int:
@@ -381,3 +381,29 @@ def test_uuid_event_ids_are_time_ordered(client):
     first = post(client, event()).json()["event_id"]
     second = post(client, event()).json()["event_id"]
     assert uuid.UUID(first).version == 7 and first < second
+
+
+def test_concurrent_single_events_share_commits_but_keep_their_own_answers(db_url, db):
+    from litestar.testing import AsyncTestClient
+
+    from app.web import create_app
+
+    taken = event(idempotency_key="taken")
+    reused = dict(taken, resource_id="another-resource")
+    bodies = [event() for _ in range(30)]
+    replay = bodies[0]
+
+    async def scenario() -> list[Any]:
+        async with AsyncTestClient(create_app(make_settings(), database_url=db_url)) as c:
+            headers = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+            assert (await c.post("/internal/events", json=taken, headers=headers)).status_code == 201
+            return await asyncio.gather(*(c.post("/internal/events", json=b, headers=headers)
+                                          for b in [*bodies, reused, replay]))
+
+    responses = asyncio.run(scenario())
+    statuses = [r.status_code for r in responses]
+    assert statuses[:30].count(201) + statuses[:30].count(200) == 30
+    assert statuses[30] == 409
+    assert {responses[0].json()["event_id"]} == {responses[31].json()["event_id"]}
+    assert sorted([statuses[0], statuses[31]]) == [200, 201]
+    assert count_events(db) == 31

@@ -14,7 +14,6 @@ from app.ingest.store import store_events
 from app.ingest.validate import EventRow, decode_batch, parse_event
 from app.observability import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 
-
 # What a body that is not JSON at all raises (msgspec checks UTF-8 as it goes).
 MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
 
@@ -39,7 +38,7 @@ def _reject(reason: str, count: int = 1) -> None:
 async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Record one event. 201 when new; 200 with `duplicate: true` for a replay."""
     _require_json(request)
-    pool, settings = request.app.state.pool, request.app.state.settings
+    settings = request.app.state.settings
     body = await request.body()
     try:
         parsed = parse_event(body, now=datetime.now(UTC), max_age=settings.event_max_age,
@@ -50,7 +49,7 @@ async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
     if not isinstance(parsed, EventRow):
         _reject("invalid")
         raise Unprocessable("the event is invalid", errors=[{"index": 0, "errors": parsed}])
-    (stored,) = await store_events(pool, [parsed])
+    stored = await request.app.state.writer.write(parsed)
     if stored.duplicate:
         EVENTS_DUPLICATE.inc()
         return _json({"event_id": stored.event_id, "duplicate": True}, 200)
