@@ -1,0 +1,46 @@
+-- waybill.price_estimate: price a usage profile for one month, line by line,
+-- with the same function as invoices (waybill.price_segment).
+--
+-- Inputs: plan (NULL = pay as you go), the month (its length converts storage to
+-- GB-months and is the whole-month segment), the hours the shape runs in it,
+-- the shape (replicas, cpu_millicores, memory_mb; GB-equivalent =
+-- max(memory_mb / 1024, cpu_millicores / 1000) x replicas), storage GB held for
+-- those hours, total build minutes, egress GB and custom domains.
+-- Output: the lines of waybill.price_segment for a whole month on the plan: an
+-- invoice for the same usage in that month has exactly these lines.
+-- Side effects: none.
+-- Errors: WB422 for an unknown plan (DETAIL lists the known ones) or hours
+-- outside 0 .. hours in the month.
+CREATE OR REPLACE FUNCTION waybill.price_estimate(
+    p_plan_id text, p_month date, p_hours numeric, p_replicas numeric, p_cpu_millicores numeric,
+    p_memory_mb numeric, p_storage_gb numeric, p_build_minutes numeric, p_bandwidth_gb numeric,
+    p_custom_domains integer
+) RETURNS TABLE (
+    line_no integer, kind waybill.billing_line_kind, metric text, description text,
+    quantity numeric, included numeric, billable numeric, unit text, unit_price numeric,
+    amount_cents bigint
+)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_month   date := date_trunc('month', p_month)::date;
+    v_seconds numeric := extract(epoch FROM (v_month + interval '1 month') - v_month);
+BEGIN
+    IF p_plan_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM waybill.pricing_plans pl WHERE pl.plan_id = p_plan_id) THEN
+        RAISE EXCEPTION 'unknown plan %', p_plan_id USING ERRCODE = 'WB422',
+            DETAIL = json_build_object('known_plans',
+                (SELECT json_agg(pl.plan_id ORDER BY pl.sort_order) FROM waybill.pricing_plans pl))::text;
+    END IF;
+    IF p_hours < 0 OR p_hours * 3600 > v_seconds THEN
+        RAISE EXCEPTION 'hours must be between 0 and %, the hours in %', v_seconds / 3600,
+            to_char(v_month, 'YYYY-MM') USING ERRCODE = 'WB422';
+    END IF;
+    RETURN QUERY SELECT * FROM waybill.price_segment(
+        p_plan_id, v_seconds, v_seconds,
+        greatest(p_memory_mb / 1024, p_cpu_millicores / 1000) * p_replicas * p_hours * 3600,
+        p_storage_gb * p_hours * 3600,
+        p_build_minutes * 60,
+        p_bandwidth_gb,
+        p_custom_domains);
+END
+$$;
