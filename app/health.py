@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-
-
-import msgspec
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
 from psycopg_pool import AsyncConnectionPool
 

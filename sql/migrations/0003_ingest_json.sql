@@ -4,3 +4,4 @@
 DROP FUNCTION IF EXISTS waybill.ingest_events(
     uuid[], uuid[], waybill.event_type[], text[], text[], timestamptz[], text[], uuid[], uuid[],
     numeric[], numeric[], numeric[], numeric[], numeric[], jsonb[], jsonb[], uuid[], text[]);
+DROP FUNCTION IF EXISTS waybill.ingest_events(json);
