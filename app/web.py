@@ -21,6 +21,7 @@ from app.ingest.controller import router as ingest_router
 from app.ingest.writer import EventWriter
 from app.observability import configure_logging, metrics, request_logging
 from app.projects.controller import router as projects_router
+from app.usage.controller import router as usage_router
 
 log = logging.getLogger("waybill")
 
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | 
                 await the_pool.close()
 
     return Litestar(
-        route_handlers=[health, ready, metrics, ingest_router, projects_router, *billing_routers],
+        route_handlers=[health, ready, metrics, ingest_router, projects_router, *billing_routers,
+                        usage_router],
         exception_handlers={
             WaybillError: handle_waybill_error,
             HTTPException: handle_http_exception,
