@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Router, get, post, put
-from litestar.params import FromPath, FromQuery, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from app.auth import require_internal_key, require_project_reader
 from app.billing import queries
@@ -82,7 +82,7 @@ def _hours_in(month: date) -> Decimal:
 
 
 @post("/estimate", status_code=200)
-async def estimate(request: Request[Any, Any, Any], data: EstimateRequest) -> Estimate:
+async def estimate(request: Request[Any, Any, Any], data: JSONBody[EstimateRequest]) -> Estimate:
     """Price a usage profile for a month, line by line, exactly as an invoice would.
 
     `hours` is how long the shape runs in the month (default: all of it);
@@ -146,7 +146,7 @@ async def list_invoices(
 
 @put("/{project_id:uuid}/subscription")
 async def set_subscription(request: Request[Any, Any, Any], project_id: FromPath[uuid.UUID],
-                           data: SubscriptionRequest) -> Subscription:
+                           data: JSONBody[SubscriptionRequest]) -> Subscription:
     """Put the project on a plan from `effective_at` (default now); `"plan": null` cancels.
 
     Changes after that instant are superseded (kept as history). An instant in a
@@ -162,7 +162,7 @@ async def set_subscription(request: Request[Any, Any, Any], project_id: FromPath
 
 @post("/{project_id:uuid}/credits", status_code=201)
 async def grant_credit(request: Request[Any, Any, Any], project_id: FromPath[uuid.UUID],
-                       data: CreditRequest) -> Credit:
+                       data: JSONBody[CreditRequest]) -> Credit:
     """Grant a promotional credit, applied at finalization, soonest-expiring first."""
     async with request.app.state.pool.connection() as conn:
         row = await (await conn.execute(queries.GRANT_CREDIT, {

@@ -13,7 +13,6 @@ from uuid import UUID
 
 import msgspec
 
-NonNegative = Annotated[Decimal, msgspec.Meta(ge=0)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Month = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 
@@ -21,17 +20,24 @@ Month = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 class EstimateRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The seed's shape plus optional plan, hours, builds, bandwidth, domains, month."""
 
-    replicas: NonNegative
-    cpu_millicores: NonNegative
-    memory_mb: NonNegative
-    storage_gb: NonNegative
-    avg_build_minutes: NonNegative
+    replicas: Decimal
+    cpu_millicores: Decimal
+    memory_mb: Decimal
+    storage_gb: Decimal
+    avg_build_minutes: Decimal
     plan: str | None = None
-    hours: NonNegative | None = None
-    builds_per_month: NonNegative | None = None
-    bandwidth_gb: NonNegative | None = None
+    hours: Decimal | None = None
+    builds_per_month: Decimal | None = None
+    bandwidth_gb: Decimal | None = None
     custom_domains: Annotated[int, msgspec.Meta(ge=0)] | None = None
     month: Month | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("replicas", "cpu_millicores", "memory_mb", "storage_gb", "avg_build_minutes",
+                     "hours", "builds_per_month", "bandwidth_gb"):
+            value = getattr(self, name)
+            if value is not None and not (value.is_finite() and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0")
 
 
 class SubscriptionRequest(msgspec.Struct, forbid_unknown_fields=True):
