@@ -103,6 +103,7 @@ def dev_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 import app.billing.commands  # noqa: E402, F401 - registers `bill`
+import app.stripe_sync.commands  # noqa: E402, F401 - registers `stripe-sync`
 import app.usage.commands  # noqa: E402, F401 - registers `aggregate`
 
 

@@ -21,6 +21,8 @@ from app.ingest.controller import router as ingest_router
 from app.ingest.writer import EventWriter
 from app.observability import configure_logging, metrics, request_logging
 from app.projects.controller import router as projects_router
+from app.stripe_sync.sync import start_stripe_sync
+from app.stripe_sync.webhooks import router as stripe_router
 from app.usage.controller import router as usage_router
 
 log = logging.getLogger("waybill")
@@ -51,16 +53,21 @@ def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | 
         writer = EventWriter(the_pool)
         app.state.writer = writer
         writer.start()
+        # Stripe sync (issue #6): the outbox worker loop, only when Stripe is configured.
+        stripe_loop = start_stripe_sync(settings, the_pool.conninfo)
         try:
             yield
         finally:
+            if stripe_loop is not None:
+                await stripe_loop.stop()
             await writer.stop()
             if owns_pool:
                 await the_pool.close()
 
     return Litestar(
         route_handlers=[health, ready, metrics, ingest_router, projects_router, *billing_routers,
-                        usage_router],
+                        usage_router,
+                        stripe_router],  # Stripe webhooks (issue #6)
         exception_handlers={
             WaybillError: handle_waybill_error,
             HTTPException: handle_http_exception,
