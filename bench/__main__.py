@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each module has `run() -> None`, which measures and calls bench.common.record.
-BENCHMARKS = ["ingest"]
+BENCHMARKS = ["ingest", "metering", "billing"]
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@
 -- transactions still writing events below the safe upper bound.
 -- Reads: usage_events with seq in (watermark, safe upper bound], plus the state
 -- rows of the resources those events touch (docs/metering.md).
--- Output: jsonb summary {events, resources, cells, watermark, closed_until}.
+-- Output: jsonb summary {events, resources, dirty_days, watermark, closed_until,
+-- waited_for_writers, timings (milliseconds per step)}.
 -- Side effects: resource_states, metering_anomalies, point_usage, hourly_usage,
 -- rollup_dirty_days and rollup_state, all in the caller's transaction, so a run
 -- that fails changes nothing. Concurrent runs serialize on an advisory lock.
@@ -27,6 +28,8 @@ DECLARE
     v_events     bigint;
     v_resources  bigint;
     v_cells      bigint;
+    v_mark       timestamptz := clock_timestamp();
+    v_timings    jsonb := '{}';
 BEGIN
     IF p_until IS NULL OR p_until <> date_trunc('hour', p_until, 'UTC') THEN
         RAISE EXCEPTION 'rollup_hourly: p_until must be an hour boundary, got %', p_until
@@ -66,9 +69,11 @@ BEGIN
     IF v_hi < v_state.watermark THEN
         v_hi := v_state.watermark;  -- a restored sequence must never move us backwards
     END IF;
+    v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     DROP TABLE IF EXISTS pg_temp._m_new, pg_temp._m_res, pg_temp._m_old, pg_temp._m_rows,
-        pg_temp._m_dirty, pg_temp._m_pieces, pg_temp._m_cells, pg_temp._m_result;
+        pg_temp._m_dirty, pg_temp._m_cells, pg_temp._m_tw, pg_temp._m_result;
 
     -- 1. The new events.
     CREATE TEMP TABLE _m_new ON COMMIT DROP AS
@@ -85,6 +90,8 @@ BEGIN
      WHERE e.seq > v_state.watermark AND e.seq <= v_hi;
     GET DIAGNOSTICS v_events = ROW_COUNT;
     ANALYZE _m_new;
+    v_timings := v_timings || jsonb_build_object('read_events_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     -- 2. Point usage, by delta: each event lands once because the watermark moves
     -- in this same transaction.
@@ -98,6 +105,8 @@ BEGIN
     ON CONFLICT ON CONSTRAINT point_usage_pkey DO UPDATE
        SET build_seconds = p.build_seconds + excluded.build_seconds,
            bandwidth_gb = p.bandwidth_gb + excluded.bandwidth_gb;
+    v_timings := v_timings || jsonb_build_object('point_usage_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     -- 3. Touched resources: the earliest new event (t0, s0) of each, and the
     -- state row just before it (the seed the replay starts from).
@@ -202,6 +211,7 @@ BEGIN
                         c.resource_id, c.g_s ORDER BY c.event_time, c.seq) AS s_s
           FROM counted c
     )
+    , valued AS (
     SELECT k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
            k.event_type, k.is_seed, k.in_r, k.in_c, k.in_m, k.in_s, k.active,
            CASE WHEN k.active AND k.kind = 'compute' THEN k.s_r END AS replicas,
@@ -214,13 +224,19 @@ BEGIN
                     greatest(coalesce(k.s_m, 0) * 0.0009765625, coalesce(k.s_c, 0) * 0.001)
                     * coalesce(k.s_r, 0)
                 WHEN k.kind = 'volume' THEN coalesce(k.s_s, 0)
-                ELSE 1 END AS value,
-           coalesce(lead(k.event_time) OVER w, 'infinity') AS valid_to,
-           coalesce(lag(k.active) OVER w, false) AS prev_active
+                ELSE 1 END AS value
       FROM carried k
-    WINDOW w AS (PARTITION BY k.project_id, k.kind, k.resource_type, k.resource_id
-                 ORDER BY k.event_time, k.seq);
+    )
+    SELECT v.*,
+           v.value - coalesce(lag(v.value) OVER w, 0) AS value_delta,
+           coalesce(lead(v.event_time) OVER w, 'infinity') AS valid_to,
+           coalesce(lag(v.active) OVER w, false) AS prev_active
+      FROM valued v
+    WINDOW w AS (PARTITION BY v.project_id, v.kind, v.resource_type, v.resource_id
+                 ORDER BY v.event_time, v.seq);
     ANALYZE _m_rows;
+    v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     -- 6. Which stretches of time changed: segments (start, end, value) present in
     -- only one of the old and the new timeline, per resource, as a hull.
@@ -240,8 +256,12 @@ BEGIN
         UNION ALL
         (SELECT * FROM new_seg EXCEPT ALL SELECT * FROM old_seg)
     )
-    SELECT c.project_id, min(c.event_time) AS lo, max(c.valid_to) AS hi
-      FROM changed c WHERE c.valid_to > c.event_time
+    -- Before t0 old and new timelines are the same state (the seed's), so a
+    -- change never starts earlier. The first run has no closed hour to re-open.
+    SELECT c.project_id, greatest(min(c.event_time), min(r.t0)) AS lo, max(c.valid_to) AS hi
+      FROM changed c
+      JOIN _m_res r USING (project_id, kind, resource_type, resource_id)
+     WHERE c.valid_to > c.event_time AND v_state.closed_until IS NOT NULL
      GROUP BY c.project_id, c.kind, c.resource_type, c.resource_id;
 
     -- 7. Write the replayed state and re-derive its anomalies.
@@ -258,10 +278,10 @@ BEGIN
        AND s.event_time = w.event_time AND s.seq = w.seq AND s.valid_to <> w.valid_to;
     INSERT INTO waybill.resource_states (project_id, kind, resource_type, resource_id, event_time,
         seq, event_type, in_replicas, in_cpu, in_memory_mb, in_size_gb, active, replicas,
-        cpu_millicores, memory_mb, size_gb, value, valid_to)
+        cpu_millicores, memory_mb, size_gb, value, value_delta, valid_to)
     SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq,
            w.event_type, w.in_r, w.in_c, w.in_m, w.in_s, w.active, w.replicas, w.cpu_millicores,
-           w.memory_mb, w.size_gb, w.value, w.valid_to
+           w.memory_mb, w.size_gb, w.value, w.value_delta, w.valid_to
       FROM _m_rows w WHERE NOT w.is_seed;
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
                                             resource_id, event_type, event_time, detail)
@@ -278,6 +298,8 @@ BEGIN
            ) a(event_type, anomaly, detail) ON a.event_type = w.event_type
      WHERE NOT w.is_seed AND NOT w.prev_active
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
+    v_timings := v_timings || jsonb_build_object('write_states_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     -- 8. The cells to compute: changed closed hours (dirty), and every new hour.
     v_from := coalesce(v_state.closed_until, date_trunc('hour', least(
@@ -300,74 +322,82 @@ BEGIN
     ) x;
     ANALYZE _m_cells;
 
-    -- Pieces: each positive segment cut at hour boundaries, within the cells.
-    CREATE TEMP TABLE _m_pieces ON COMMIT DROP AS
-    SELECT s.project_id, h.hour, s.kind, greatest(s.event_time, h.hour) AS t_start,
-           least(s.valid_to, h.hour + interval '1 hour') AS t_end, s.value
-      FROM waybill.resource_states s,
-           generate_series(date_trunc('hour', greatest(s.event_time, v_from), 'UTC'),
-                           least(s.valid_to, v_to) - interval '1 microsecond',
-                           interval '1 hour') h(hour)
-     WHERE s.valid_to > v_from AND s.event_time < v_to AND s.value > 0
-       AND s.valid_to > s.event_time;
-    INSERT INTO _m_pieces
-    SELECT s.project_id, h.hour, s.kind, greatest(s.event_time, h.hour),
-           least(s.valid_to, h.hour + interval '1 hour'), s.value
-      FROM (SELECT c.project_id, min(c.hour) AS lo, max(c.hour) + interval '1 hour' AS hi
-              FROM _m_cells c GROUP BY c.project_id) r
-      JOIN LATERAL (
-            SELECT * FROM waybill.resource_states s
-             WHERE s.project_id = r.project_id AND s.valid_to > r.lo AND s.event_time < r.hi
-               AND s.value > 0 AND s.valid_to > s.event_time) s ON true
-     CROSS JOIN LATERAL generate_series(date_trunc('hour', greatest(s.event_time, r.lo), 'UTC'),
-                           least(s.valid_to, r.hi) - interval '1 microsecond',
-                           interval '1 hour') h(hour)
-     WHERE EXISTS (SELECT 1 FROM _m_cells c WHERE c.project_id = s.project_id AND c.hour = h.hour);
-    ANALYZE _m_pieces;
-
-    INSERT INTO _m_cells
-    SELECT DISTINCT x.project_id, x.hour FROM (
-        SELECT p.project_id, p.hour FROM _m_pieces p WHERE p.hour >= v_from
+    -- 9. The cells, from scratch. Per project and kind, the resources' values
+    -- add up to one step function: its level at a window's start (the segments
+    -- overlapping it) plus the change at each event (value_delta). Each level
+    -- segment is cut at hour boundaries: GB-seconds = level x seconds (exact
+    -- numeric); custom_domains = the highest level in the hour, i.e. the most
+    -- attached at once after all events at an instant (same-instant changes are
+    -- summed before the level is taken). Windows: [v_from, v_to) for all
+    -- projects (new hours) and, per project, the hull of its dirty cells.
+    CREATE TEMP TABLE _m_tw ON COMMIT DROP AS
+    WITH windows AS (
+        SELECT c.project_id, min(c.hour) AS lo, max(c.hour) + interval '1 hour' AS hi
+          FROM _m_cells c GROUP BY c.project_id
+    ), deltas AS (
+        SELECT s.project_id, s.kind, v_from AS lo, v_to AS hi, v_from AS t, s.value AS delta
+          FROM waybill.resource_states s
+         WHERE v_to > v_from AND s.valid_to >= v_from AND s.event_time < v_from AND s.value > 0
         UNION ALL
-        SELECT p.project_id, p.hour FROM waybill.point_usage p
-         WHERE p.hour >= v_from AND p.hour < v_to
-    ) x;
-
-    -- 9. The cells, from scratch: GB-seconds = value x seconds (exact numeric);
-    -- custom_domains = most attached at once, counted at the hour's start and at
-    -- each attach instant, after every event at that instant.
-    CREATE TEMP TABLE _m_result ON COMMIT DROP AS
-    WITH tw AS (
-        SELECT p.project_id, p.hour,
-               coalesce(sum(p.value * extract(epoch FROM p.t_end - p.t_start))
-                        FILTER (WHERE p.kind = 'compute'), 0) AS compute_gb_seconds,
-               coalesce(sum(p.value * extract(epoch FROM p.t_end - p.t_start))
-                        FILTER (WHERE p.kind = 'volume'), 0) AS storage_gb_seconds
-          FROM _m_pieces p GROUP BY p.project_id, p.hour
-    ), instants AS (
-        SELECT p.project_id, p.hour, p.hour AS at FROM _m_pieces p WHERE p.kind = 'domain'
-        UNION
-        SELECT p.project_id, p.hour, p.t_start FROM _m_pieces p WHERE p.kind = 'domain'
-    ), domains AS (
-        SELECT c.project_id, c.hour, max(c.n) AS custom_domains FROM (
-            SELECT i.project_id, i.hour, i.at,
-                   count(*) FILTER (WHERE p.t_start <= i.at AND p.t_end > i.at) AS n
-              FROM instants i
-              JOIN _m_pieces p ON p.project_id = i.project_id AND p.hour = i.hour
-                              AND p.kind = 'domain'
-             GROUP BY i.project_id, i.hour, i.at) c
-         GROUP BY c.project_id, c.hour
+        SELECT s.project_id, s.kind, v_from, v_to, s.event_time, s.value_delta
+          FROM waybill.resource_states s
+         WHERE v_to > v_from AND s.event_time >= v_from AND s.event_time < v_to
+           AND s.value_delta <> 0
+        UNION ALL
+        SELECT s.project_id, s.kind, w.lo, w.hi,
+               CASE WHEN s.event_time < w.lo THEN w.lo ELSE s.event_time END,
+               CASE WHEN s.event_time < w.lo THEN s.value ELSE s.value_delta END
+          FROM windows w
+          JOIN LATERAL (
+                SELECT * FROM waybill.resource_states s
+                 WHERE s.project_id = w.project_id AND s.valid_to >= w.lo AND s.event_time < w.hi
+               ) s ON s.event_time >= w.lo OR s.value > 0
+    ), points AS (
+        SELECT d.project_id, d.kind, d.lo, d.hi, d.t, sum(d.delta) AS delta
+          FROM deltas d GROUP BY d.project_id, d.kind, d.lo, d.hi, d.t
+    ), levels AS (
+        SELECT p.project_id, p.kind, p.t,
+               sum(p.delta) OVER w AS level, lead(p.t, 1, p.hi) OVER w AS t_end
+          FROM points p
+        WINDOW w AS (PARTITION BY p.project_id, p.kind, p.lo ORDER BY p.t)
+    ), pieces AS (
+        SELECT l.project_id, l.kind, h.hour, l.level,
+               extract(epoch FROM least(l.t_end, h.hour + interval '1 hour')
+                                  - greatest(l.t, h.hour)) AS seconds
+          FROM levels l
+         CROSS JOIN LATERAL generate_series(date_trunc('hour', l.t, 'UTC'),
+                                            l.t_end - interval '1 microsecond',
+                                            interval '1 hour') h(hour)
+         WHERE l.level > 0 AND l.t_end > l.t
     )
-    SELECT c.project_id, c.hour,
-           coalesce(tw.compute_gb_seconds, 0) AS compute_gb_seconds,
-           coalesce(tw.storage_gb_seconds, 0) AS storage_gb_seconds,
+    SELECT p.project_id, p.hour,
+           coalesce(sum(p.level * p.seconds) FILTER (WHERE p.kind = 'compute'), 0)
+               AS compute_gb_seconds,
+           coalesce(sum(p.level * p.seconds) FILTER (WHERE p.kind = 'volume'), 0)
+               AS storage_gb_seconds,
+           coalesce(max(p.level) FILTER (WHERE p.kind = 'domain'), 0)::integer AS custom_domains
+      FROM pieces p
+     WHERE p.hour >= v_from
+        OR EXISTS (SELECT 1 FROM _m_cells c WHERE c.project_id = p.project_id AND c.hour = p.hour)
+     GROUP BY p.project_id, p.hour;
+
+    CREATE TEMP TABLE _m_result ON COMMIT DROP AS
+    SELECT k.project_id, k.hour,
+           coalesce(t.compute_gb_seconds, 0) AS compute_gb_seconds,
+           coalesce(t.storage_gb_seconds, 0) AS storage_gb_seconds,
            coalesce(pu.build_seconds, 0) AS build_seconds,
            coalesce(pu.bandwidth_gb, 0) AS bandwidth_gb,
-           coalesce(d.custom_domains, 0)::integer AS custom_domains
-      FROM _m_cells c
-      LEFT JOIN tw ON tw.project_id = c.project_id AND tw.hour = c.hour
-      LEFT JOIN domains d ON d.project_id = c.project_id AND d.hour = c.hour
-      LEFT JOIN waybill.point_usage pu ON pu.project_id = c.project_id AND pu.hour = c.hour;
+           coalesce(t.custom_domains, 0) AS custom_domains
+      FROM (SELECT c.project_id, c.hour FROM _m_cells c
+            UNION
+            SELECT t.project_id, t.hour FROM _m_tw t
+            UNION
+            SELECT p.project_id, p.hour FROM waybill.point_usage p
+             WHERE p.hour >= v_from AND p.hour < v_to) k
+      LEFT JOIN _m_tw t ON t.project_id = k.project_id AND t.hour = k.hour
+      LEFT JOIN waybill.point_usage pu ON pu.project_id = k.project_id AND pu.hour = k.hour;
+    v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     -- 10. Write the cells that changed; note their days for the daily rollup.
     WITH removed AS (
@@ -402,12 +432,15 @@ BEGIN
     SELECT DISTINCT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
     ON CONFLICT ON CONSTRAINT rollup_dirty_days_pkey DO NOTHING;
     GET DIAGNOSTICS v_cells = ROW_COUNT;
+    v_timings := v_timings || jsonb_build_object('write_hourly_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
 
     UPDATE waybill.rollup_state
        SET watermark = v_hi, closed_until = v_to, hourly_run_at = now();
 
     RETURN jsonb_build_object('events', v_events, 'resources', v_resources,
                               'dirty_days', v_cells, 'watermark', v_hi,
-                              'closed_until', v_to, 'waited_for_writers', v_waited > 0);
+                              'closed_until', v_to, 'waited_for_writers', v_waited > 0,
+                              'timings', v_timings);
 END
 $$;

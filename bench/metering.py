@@ -1,0 +1,178 @@
+"""Metering benchmark (issue #4): the rollups against a bare scan of the same events.
+
+A realistic month (April 2026, 720 hours): 2,000 projects, 20,000 resources
+(12,000 deployments, 4,000 volumes, 4,000 domains), BENCH_EVENTS events (10
+million by default), mostly compute snapshots (55 %) and bandwidth (40 %), the
+rest builds, scales, stops and resizes; generated with generate_series straight
+into waybill.usage_events and waybill.event_keys. Measures in one run:
+- the floor: a bare `GROUP BY project, hour` over all the events;
+- the full rollup from scratch (hourly, then daily) over the first 719 hours;
+- an incremental hourly run after the last hour's events (1/720 of the month);
+- an incremental run with nothing new (the fixed cost).
+Each rollup reports its own per-step timings (rollup_hourly's `timings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from bench.common import fresh_database, record
+
+EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
+PROJECTS, DEPLOYMENTS, VOLUMES, DOMAINS = 2000, 12000, 4000, 4000
+START = datetime(2026, 4, 1, tzinfo=UTC)
+HOURS = 720
+END = START + timedelta(hours=HOURS)
+LAST_HOUR = END - timedelta(hours=1)
+
+# One generated event per g; its time is spread evenly over the month, so
+# ingestion order follows event time as it does in production.
+_EVENTS_SQL = f"""
+INSERT INTO waybill.usage_events (event_id, project_id, event_type, resource_type, resource_id,
+    event_time, received_at, replicas, cpu_millicores, memory_mb, size_gb, quantity, metrics)
+SELECT md5('e' || g)::uuid,
+       ('00000000-0000-4000-8000-' || lpad(to_hex(r %% {PROJECTS}), 12, '0'))::uuid,
+       t.event_type::waybill.event_type, t.resource_type, t.resource_id, at, at,
+       t.replicas, t.cpu, t.memory, t.size, t.quantity, t.metrics
+  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g
+ CROSS JOIN LATERAL (SELECT %(start)s::timestamptz
+                            + (g - 1) * (interval '1 hour' * {HOURS}) / %(total)s AS at,
+                            CASE WHEN g %% 100 < 95 THEN (g * 7919) %% {DEPLOYMENTS}
+                                 WHEN g %% 100 = 98 THEN {DEPLOYMENTS} + g %% {VOLUMES}
+                                 ELSE (g * 31) %% {DEPLOYMENTS} END AS r) x
+ CROSS JOIN LATERAL (SELECT * FROM (VALUES
+    (g %% 100 < 55, 'compute.snapshot', 'deployment', 'd' || r, 1 + g %% 3, 500::numeric,
+     512 * (1 + g %% 4)::numeric, NULL::numeric, NULL::numeric,
+     jsonb_build_object('replicas', 1 + g %% 3, 'cpu_millicores', 500, 'memory_mb', 512 * (1 + g %% 4))),
+    (g %% 100 BETWEEN 55 AND 94, 'bandwidth.usage', 'deployment', 'd' || r, NULL, NULL, NULL, NULL,
+     (g %% 100) / 100.0, jsonb_build_object('egress_gb', (g %% 100) / 100.0)),
+    (g %% 100 IN (95, 96), 'build.completed', 'build', 'b' || g, NULL, NULL, NULL, NULL,
+     (g %% 600)::numeric, jsonb_build_object('duration_seconds', g %% 600)),
+    (g %% 100 = 97, 'deployment.scaled', 'deployment', 'd' || r, 1 + g %% 5, NULL, NULL, NULL, NULL,
+     jsonb_build_object('replicas', 1 + g %% 5)),
+    (g %% 100 = 98, 'volume.resized', 'volume', 'v' || r, NULL, NULL, NULL, 1 + g %% 50, NULL,
+     jsonb_build_object('size_gb', 1 + g %% 50)),
+    (g %% 100 = 99, 'deployment.stopped', 'deployment', 'd' || r, NULL, NULL, NULL, NULL, NULL,
+     '{{}}'::jsonb)
+ ) v(pick, event_type, resource_type, resource_id, replicas, cpu, memory, size, quantity, metrics)
+   WHERE v.pick) t
+ ORDER BY g
+"""
+
+# The 20,000 resources come to life in the month's first minute.
+_INITIAL_SQL = f"""
+INSERT INTO waybill.usage_events (event_id, project_id, event_type, resource_type, resource_id,
+    event_time, received_at, replicas, cpu_millicores, memory_mb, size_gb, metrics)
+SELECT md5('i' || r)::uuid,
+       ('00000000-0000-4000-8000-' || lpad(to_hex(r %% {PROJECTS}), 12, '0'))::uuid,
+       t, rt, rid, %(start)s::timestamptz + make_interval(secs => r %% 60),
+       %(start)s::timestamptz, rep, cpu, mem, size, metrics
+  FROM generate_series(0, {DEPLOYMENTS + VOLUMES + DOMAINS} - 1) r
+ CROSS JOIN LATERAL (SELECT
+       CASE WHEN r < {DEPLOYMENTS} THEN 'deployment.started'
+            WHEN r < {DEPLOYMENTS} + {VOLUMES} THEN 'volume.created'
+            ELSE 'domain.added' END::waybill.event_type AS t,
+       CASE WHEN r < {DEPLOYMENTS} THEN 'deployment'
+            WHEN r < {DEPLOYMENTS} + {VOLUMES} THEN 'volume' ELSE 'domain' END AS rt,
+       CASE WHEN r < {DEPLOYMENTS} THEN 'd' || r
+            WHEN r < {DEPLOYMENTS} + {VOLUMES} THEN 'v' || r ELSE 'dom' || r END AS rid,
+       CASE WHEN r < {DEPLOYMENTS} THEN 2 END::numeric AS rep,
+       CASE WHEN r < {DEPLOYMENTS} THEN 500 END::numeric AS cpu,
+       CASE WHEN r < {DEPLOYMENTS} THEN 1024 END::numeric AS mem,
+       CASE WHEN r >= {DEPLOYMENTS} AND r < {DEPLOYMENTS} + {VOLUMES} THEN 10 END::numeric AS size,
+       '{{}}'::jsonb AS metrics) x
+"""
+
+_KEYS_SQL = """
+INSERT INTO waybill.event_keys (project_id, dedupe_key, content_digest, event_id)
+SELECT project_id, event_id, event_id, event_id FROM waybill.usage_events WHERE seq > %(after)s
+"""
+
+_FLOOR_SQL = """
+SELECT count(*) FROM (
+    SELECT project_id, date_trunc('hour', event_time, 'UTC') AS hour, count(*), sum(quantity)
+      FROM waybill.usage_events GROUP BY 1, 2) x
+"""
+
+
+def _timed(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> tuple[float, Any]:
+    started = time.perf_counter()
+    row = conn.execute(sql, params).fetchone()
+    return time.perf_counter() - started, row[0] if row else None
+
+
+def _generate(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """Store the month but its last hour; return the g range of that last hour."""
+    started = time.perf_counter()
+    bulk = EVENTS - (DEPLOYMENTS + VOLUMES + DOMAINS)
+    before_last = bulk * (HOURS - 1) // HOURS
+    conn.execute(_INITIAL_SQL, {"start": START})
+    chunk = 1_000_000
+    for lo in range(1, before_last + 1, chunk):
+        hi = min(lo + chunk - 1, before_last)
+        conn.execute(_EVENTS_SQL, {"lo": lo, "hi": hi, "start": START, "total": bulk})
+        print(f"  generated {hi + DEPLOYMENTS + VOLUMES + DOMAINS:,} events "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    conn.execute(_KEYS_SQL, {"after": 0})
+    conn.execute("VACUUM ANALYZE waybill.usage_events")
+    conn.execute("VACUUM ANALYZE waybill.event_keys")
+    print(f"generated the month but its last hour in {time.perf_counter() - started:.0f} s")
+    return before_last + 1, bulk
+
+
+def run() -> None:
+    url = fresh_database("waybill_bench_metering")
+    with psycopg.connect(url, autocommit=True) as conn:
+        lo, hi = _generate(conn)
+        total = conn.execute("SELECT count(*) FROM waybill.usage_events").fetchone()[0]
+
+        _timed(conn, _FLOOR_SQL)  # warm the cache the same way for both
+        floor_s, groups = _timed(conn, _FLOOR_SQL)
+
+        full_s, full = _timed(conn, "SELECT waybill.rollup_hourly(%s)", (LAST_HOUR,))
+        daily_s, _ = _timed(conn, "SELECT waybill.rollup_daily(%s)", (LAST_HOUR.date(),))
+        conn.execute("VACUUM ANALYZE waybill.resource_states")
+        conn.execute("VACUUM ANALYZE waybill.hourly_usage")
+        states = conn.execute("SELECT count(*) FROM waybill.resource_states").fetchone()[0]
+        cells = conn.execute("SELECT count(*) FROM waybill.hourly_usage").fetchone()[0]
+
+        watermark = conn.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0]
+        conn.execute(_EVENTS_SQL, {"lo": lo, "hi": hi, "start": START,
+                                   "total": EVENTS - (DEPLOYMENTS + VOLUMES + DOMAINS)})
+        conn.execute(_KEYS_SQL, {"after": watermark})
+        new_events = hi - lo + 1
+        incr_s, incr = _timed(conn, "SELECT waybill.rollup_hourly(%s)", (END,))
+        idle_s, idle = _timed(conn, "SELECT waybill.rollup_hourly(%s)", (END,))
+
+    results = {
+        "events": total + new_events, "projects": PROJECTS,
+        "resources": DEPLOYMENTS + VOLUMES + DOMAINS, "resource_states_rows": states,
+        "hourly_cells": cells, "floor_group_by_seconds": round(floor_s, 3),
+        "floor_groups": groups, "full_rollup_hourly_seconds": round(full_s, 3),
+        "full_rollup_daily_seconds": round(daily_s, 3),
+        "full_vs_floor": round((full_s + daily_s) / floor_s, 2),
+        "incremental_new_events": new_events,
+        "incremental_seconds": round(incr_s, 4), "idle_run_seconds": round(idle_s, 4),
+        "full_timings_ms": full["timings"], "incremental_timings_ms": incr["timings"],
+        "idle_timings_ms": idle["timings"],
+    }
+    summary = (
+        f"{results['events']:,} events, {PROJECTS:,} projects, {results['resources']:,} "
+        f"resources, one month ({HOURS} hours).\n\n"
+        "| measurement | time | target |\n|---|---|---|\n"
+        f"| floor: bare GROUP BY project, hour over all events | {floor_s:.2f} s | - |\n"
+        f"| full rollup from scratch (hourly + daily) | {full_s + daily_s:.2f} s "
+        f"({results['full_vs_floor']}x the floor) | < 10 s, <= 4x |\n"
+        f"| incremental hourly run, {new_events:,} new events | {incr_s * 1000:.0f} ms "
+        "| < 100 ms |\n"
+        f"| run with nothing new | {idle_s * 1000:.0f} ms | - |\n\n"
+        f"Full rollup steps (ms): {json.dumps(full['timings'])}\n\n"
+        f"Incremental steps (ms): {json.dumps(incr['timings'])}\n"
+    )
+    record("metering", results, summary)
