@@ -268,3 +268,18 @@ def test_without_a_secret_key_stripe_is_off(db_url, monkeypatch, capsys):
 
 def test_ready_says_whether_stripe_is_on(client):
     assert client.get("/ready").json()["stripe"] == "off"
+
+
+def test_status_command_shows_failures_and_retry_failed_requeues(db, db_url, monkeypatch, capsys):
+    from app.cli import main
+    rec = finalized_record(db, new_project(), PERIOD)
+    db.execute("UPDATE waybill.stripe_outbox SET state = 'failed', attempts = 20,"
+               " last_error = 'APIError: injected failure'")
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    assert main(["stripe-sync", "--status"]) == 0
+    out = capsys.readouterr().out
+    assert str(rec["record_id"]) in out and "failed" in out and "APIError: injected failure" in out
+    assert main(["stripe-sync", "--retry-failed", "--once"]) == 0
+    assert "1 failed record(s) back to pending" in capsys.readouterr().out
+    assert outbox(db, rec["record_id"])["state"] == "pending"

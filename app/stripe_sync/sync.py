@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 20
 
 def backoff(attempts: int) -> timedelta:
     """Delay before attempt `attempts + 1`: 30 s, 1 min, 2 min, ... capped at 6 h."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(20, max(0, attempts - 1))))
+    return min(BACKOFF_CAP, BACKOFF_BASE * (1 << min(20, max(0, attempts - 1))))
 
 
 @dataclass
@@ -188,6 +188,8 @@ class SyncLoop:
 
 def start_stripe_sync(settings: Settings, conninfo: str) -> SyncLoop | None:
     """The API process's sync loop (started from the app lifespan); None when Stripe is off."""
+    if not settings.stripe_webhook_secret:
+        log.warning("STRIPE_WEBHOOK_SECRET is not set: POST /webhooks/stripe refuses every delivery")
     gateway = StripeGateway.from_settings(settings)
     if gateway is None:
         return None
