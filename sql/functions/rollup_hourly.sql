@@ -164,8 +164,9 @@ BEGIN
     -- over every touched resource at once). A "reset" sets the whole state (start,
     -- snapshot, create, add: on; stop, delete, remove: off; the seed: its state);
     -- a modifier (scaled, resized) changes the fields it carries. A field's value
-    -- is its last non-null value, which is never older than the last "on" reset,
-    -- since an "on" carries every field.
+    -- is its last non-null value (nth_value at the position it was last set),
+    -- which is never older than the last "on" reset, since an "on" carries every
+    -- field.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     WITH input AS (
         SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.seed_time AS event_time,
@@ -190,26 +191,30 @@ BEGIN
                 SELECT n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq,
                        n.event_type, n.replicas, n.cpu_millicores, n.memory_mb, n.size_gb
                   FROM _m_new n WHERE n.kind IS NOT NULL) x
-    ), counted AS (
-        SELECT i.*,
-               count(i.reset) OVER w AS g_reset, count(i.f_r) OVER w AS g_r,
-               count(i.f_c) OVER w AS g_c, count(i.f_m) OVER w AS g_m, count(i.f_s) OVER w AS g_s
+    ), numbered AS (
+        SELECT i.*, (row_number() OVER w)::integer AS ord
           FROM input i
+        WINDOW w AS (PARTITION BY i.project_id, i.kind, i.resource_type, i.resource_id
+                     ORDER BY i.event_time, i.seq)
+    ), located AS (
+        -- where each field was last set: one sort serves every window below
+        SELECT i.*,
+               max(CASE WHEN i.reset IS NOT NULL THEN i.ord END) OVER w AS p_reset,
+               max(CASE WHEN i.f_r IS NOT NULL THEN i.ord END) OVER w AS p_r,
+               max(CASE WHEN i.f_c IS NOT NULL THEN i.ord END) OVER w AS p_c,
+               max(CASE WHEN i.f_m IS NOT NULL THEN i.ord END) OVER w AS p_m,
+               max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
+          FROM numbered i
         WINDOW w AS (PARTITION BY i.project_id, i.kind, i.resource_type, i.resource_id
                      ORDER BY i.event_time, i.seq)
     ), carried AS (
         SELECT c.*,
-               coalesce(first_value(c.reset) OVER (PARTITION BY c.project_id, c.kind, c.resource_type,
-                        c.resource_id, c.g_reset ORDER BY c.event_time, c.seq) = 'on', false) AS active,
-               first_value(c.f_r) OVER (PARTITION BY c.project_id, c.kind, c.resource_type,
-                        c.resource_id, c.g_r ORDER BY c.event_time, c.seq) AS s_r,
-               first_value(c.f_c) OVER (PARTITION BY c.project_id, c.kind, c.resource_type,
-                        c.resource_id, c.g_c ORDER BY c.event_time, c.seq) AS s_c,
-               first_value(c.f_m) OVER (PARTITION BY c.project_id, c.kind, c.resource_type,
-                        c.resource_id, c.g_m ORDER BY c.event_time, c.seq) AS s_m,
-               first_value(c.f_s) OVER (PARTITION BY c.project_id, c.kind, c.resource_type,
-                        c.resource_id, c.g_s ORDER BY c.event_time, c.seq) AS s_s
-          FROM counted c
+               coalesce(nth_value(c.reset, c.p_reset) OVER w = 'on', false) AS active,
+               nth_value(c.f_r, c.p_r) OVER w AS s_r, nth_value(c.f_c, c.p_c) OVER w AS s_c,
+               nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
+          FROM located c
+        WINDOW w AS (PARTITION BY c.project_id, c.kind, c.resource_type, c.resource_id
+                     ORDER BY c.event_time, c.seq)
     )
     , valued AS (
     SELECT k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
@@ -353,29 +358,32 @@ BEGIN
                  WHERE s.project_id = w.project_id AND s.valid_to >= w.lo AND s.event_time < w.hi
                ) s ON s.event_time >= w.lo OR s.value > 0
     ), points AS (
-        SELECT d.project_id, d.kind, d.lo, d.hi, d.t, sum(d.delta) AS delta
-          FROM deltas d GROUP BY d.project_id, d.kind, d.lo, d.hi, d.t
+        -- one step function per project, the three kinds side by side
+        SELECT d.project_id, d.lo, d.hi, d.t,
+               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'compute'), 0) AS d_compute,
+               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'volume'), 0) AS d_storage,
+               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'domain'), 0) AS d_domains
+          FROM deltas d GROUP BY d.project_id, d.lo, d.hi, d.t
     ), levels AS (
-        SELECT p.project_id, p.kind, p.t,
-               sum(p.delta) OVER w AS level, lead(p.t, 1, p.hi) OVER w AS t_end
+        SELECT p.project_id, p.t, lead(p.t, 1, p.hi) OVER w AS t_end,
+               sum(p.d_compute) OVER w AS compute, sum(p.d_storage) OVER w AS storage,
+               sum(p.d_domains) OVER w AS domains
           FROM points p
-        WINDOW w AS (PARTITION BY p.project_id, p.kind, p.lo ORDER BY p.t)
+        WINDOW w AS (PARTITION BY p.project_id, p.lo ORDER BY p.t)
     ), pieces AS (
-        SELECT l.project_id, l.kind, h.hour, l.level,
+        SELECT l.project_id, h.hour, l.compute, l.storage, l.domains,
                extract(epoch FROM least(l.t_end, h.hour + interval '1 hour')
                                   - greatest(l.t, h.hour)) AS seconds
           FROM levels l
          CROSS JOIN LATERAL generate_series(date_trunc('hour', l.t, 'UTC'),
                                             l.t_end - interval '1 microsecond',
                                             interval '1 hour') h(hour)
-         WHERE l.level > 0 AND l.t_end > l.t
+         WHERE (l.compute > 0 OR l.storage > 0 OR l.domains > 0) AND l.t_end > l.t
     )
     SELECT p.project_id, p.hour,
-           coalesce(sum(p.level * p.seconds) FILTER (WHERE p.kind = 'compute'), 0)
-               AS compute_gb_seconds,
-           coalesce(sum(p.level * p.seconds) FILTER (WHERE p.kind = 'volume'), 0)
-               AS storage_gb_seconds,
-           coalesce(max(p.level) FILTER (WHERE p.kind = 'domain'), 0)::integer AS custom_domains
+           sum(p.compute * p.seconds) AS compute_gb_seconds,
+           sum(p.storage * p.seconds) AS storage_gb_seconds,
+           max(p.domains)::integer AS custom_domains
       FROM pieces p
      WHERE p.hour >= v_from
         OR EXISTS (SELECT 1 FROM _m_cells c WHERE c.project_id = p.project_id AND c.hour = p.hour)

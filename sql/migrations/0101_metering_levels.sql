@@ -14,3 +14,5 @@ UPDATE waybill.resource_states s SET value_delta = d.value_delta
      = (d.project_id, d.kind, d.resource_type, d.resource_id, d.event_time, d.seq);
 -- The changes inside a window of new hours.
 CREATE INDEX resource_states_event_time_idx ON waybill.resource_states (event_time);
+-- Not worth its upkeep: readers go by project (the primary key) or by day.
+DROP INDEX waybill.hourly_usage_hour_idx;
