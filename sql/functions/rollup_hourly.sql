@@ -408,10 +408,14 @@ BEGIN
     v_mark := clock_timestamp();
 
     -- 10. Write the cells that changed; note their days for the daily rollup.
+    -- Closed hours (< v_from) may hold rows: delete the ones now zero, upsert
+    -- the rest where a value changed. New hours (>= v_from) never hold a row
+    -- (rows are only written below closed_until, which only grows), so they are
+    -- plain inserts.
     WITH removed AS (
         DELETE FROM waybill.hourly_usage h
          USING _m_result r
-         WHERE h.project_id = r.project_id AND h.hour = r.hour
+         WHERE r.hour < v_from AND h.project_id = r.project_id AND h.hour = r.hour
            AND r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0 AND r.build_seconds = 0
            AND r.bandwidth_gb = 0 AND r.custom_domains = 0
         RETURNING h.project_id, h.hour
@@ -421,8 +425,9 @@ BEGIN
         SELECT r.project_id, r.hour, r.compute_gb_seconds, r.storage_gb_seconds, r.build_seconds,
                r.bandwidth_gb, r.custom_domains, now()
           FROM _m_result r
-         WHERE NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0 AND r.build_seconds = 0
-                    AND r.bandwidth_gb = 0 AND r.custom_domains = 0)
+         WHERE r.hour < v_from
+           AND NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0
+                    AND r.build_seconds = 0 AND r.bandwidth_gb = 0 AND r.custom_domains = 0)
         ON CONFLICT ON CONSTRAINT hourly_usage_pkey DO UPDATE
            SET compute_gb_seconds = excluded.compute_gb_seconds,
                storage_gb_seconds = excluded.storage_gb_seconds,
@@ -433,8 +438,18 @@ BEGIN
                IS DISTINCT FROM (excluded.compute_gb_seconds, excluded.storage_gb_seconds,
                 excluded.build_seconds, excluded.bandwidth_gb, excluded.custom_domains)
         RETURNING h.project_id, h.hour
+    ), added AS (
+        INSERT INTO waybill.hourly_usage (project_id, hour, compute_gb_seconds,
+            storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)
+        SELECT r.project_id, r.hour, r.compute_gb_seconds, r.storage_gb_seconds, r.build_seconds,
+               r.bandwidth_gb, r.custom_domains, now()
+          FROM _m_result r
+         WHERE r.hour >= v_from
+           AND NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0
+                    AND r.build_seconds = 0 AND r.bandwidth_gb = 0 AND r.custom_domains = 0)
+        RETURNING project_id, hour
     ), changed AS (
-        SELECT * FROM removed UNION ALL SELECT * FROM written
+        SELECT * FROM removed UNION ALL SELECT * FROM written UNION ALL SELECT * FROM added
     )
     INSERT INTO waybill.rollup_dirty_days (project_id, day)
     SELECT DISTINCT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
