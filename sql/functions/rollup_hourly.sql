@@ -41,6 +41,16 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'));
     SELECT * INTO STRICT v_state FROM waybill.rollup_state FOR UPDATE;
+    -- A backfill sorts and stages millions of rows; keep them in memory when we
+    -- can. temp_buffers only takes before the session's first temporary table.
+    PERFORM set_config('work_mem', '256MB', true)
+     WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('256MB');
+    BEGIN
+        PERFORM set_config('temp_buffers', '512MB', true)
+         WHERE pg_size_bytes(current_setting('temp_buffers')) < pg_size_bytes('512MB');
+    EXCEPTION WHEN invalid_parameter_value OR cant_change_runtime_param THEN
+        NULL;  -- this session already used temporary tables: keep its setting
+    END;
 
     -- The safe upper bound. An inserter takes RowExclusiveLock on usage_events
     -- before it draws a seq, so every transaction that drew a seq <= v_hi either
