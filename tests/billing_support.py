@@ -24,7 +24,10 @@ def put_usage(db: psycopg.Connection[Any], project: uuid.UUID, hour: datetime, *
               compute_gb_hours: Decimal | int = 0, storage_gb_seconds: Decimal | int = 0,
               build_minutes: Decimal | int = 0, bandwidth_gb: Decimal | int | str = 0,
               custom_domains: int = 0, computed_at: datetime | None = None) -> None:
-    """Write (or overwrite) one hourly_usage row. computed_at defaults to just after the hour."""
+    """Write (or overwrite) one hourly_usage row as metering does: the row, and its day
+    marked in rollup_dirty_days (daily_usage not yet recomputed). computed_at defaults
+    to just after the hour."""
+    mark_dirty(db, project, hour)
     db.execute(
         "INSERT INTO waybill.hourly_usage (project_id, hour, compute_gb_seconds,"
         " storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)"
@@ -36,6 +39,32 @@ def put_usage(db: psycopg.Connection[Any], project: uuid.UUID, hour: datetime, *
         (project, hour, Decimal(compute_gb_hours) * GB_HOUR, Decimal(storage_gb_seconds),
          Decimal(build_minutes) * 60, Decimal(bandwidth_gb), custom_domains,
          computed_at or hour + timedelta(minutes=65)))
+
+
+def mark_dirty(db: psycopg.Connection[Any], project: uuid.UUID, hour: datetime) -> None:
+    db.execute("INSERT INTO waybill.rollup_dirty_days (project_id, day)"
+               " VALUES (%s, (%s::timestamptz AT TIME ZONE 'UTC')::date) ON CONFLICT DO NOTHING",
+               (project, hour))
+
+
+def roll_up_days(db: psycopg.Connection[Any]) -> None:
+    """What metering's daily rollup does: dirty days -> daily_usage, then clean."""
+    db.execute("""
+        INSERT INTO waybill.daily_usage AS u (project_id, day, compute_gb_seconds,
+            storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains)
+        SELECT h.project_id, (h.hour AT TIME ZONE 'UTC')::date, sum(h.compute_gb_seconds),
+               sum(h.storage_gb_seconds), sum(h.build_seconds), sum(h.bandwidth_gb),
+               max(h.custom_domains)
+          FROM waybill.hourly_usage h
+          JOIN waybill.rollup_dirty_days d
+            ON d.project_id = h.project_id AND d.day = (h.hour AT TIME ZONE 'UTC')::date
+         GROUP BY 1, 2
+        ON CONFLICT (project_id, day) DO UPDATE SET
+            compute_gb_seconds = excluded.compute_gb_seconds,
+            storage_gb_seconds = excluded.storage_gb_seconds,
+            build_seconds = excluded.build_seconds, bandwidth_gb = excluded.bandwidth_gb,
+            custom_domains = excluded.custom_domains, computed_at = now()""")
+    db.execute("DELETE FROM waybill.rollup_dirty_days")
 
 
 def subscribe(db: psycopg.Connection[Any], project: uuid.UUID, plan: str | None,

@@ -98,12 +98,11 @@ async def estimate(request: Request[Any, Any, Any], data: JSONBody[EstimateReque
               "bandwidth": data.bandwidth_gb or Decimal(0), "domains": data.custom_domains or 0}
     async with request.app.state.pool.connection() as conn:
         rows = await (await conn.execute(queries.ESTIMATE, params)).fetchall()
-        currency = (await (await conn.execute(queries.DEFAULT_RATES)).fetchone())[5]
     lines = [Line(line_no=r[0], kind=r[1], metric=r[2], description=r[3], amount_cents=r[4],
                   plan=data.plan, quantity=r[5], included=r[6], billable=r[7], unit=r[8],
                   unit_price=r[9]) for r in rows]
     return Estimate(plan=data.plan, month=month.strftime("%Y-%m"), hours=hours,
-                    currency=currency, lines=lines,
+                    currency=rows[0][10] if rows else "usd", lines=lines,
                     total_cents=sum(line.amount_cents for line in lines))
 
 

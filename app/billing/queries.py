@@ -34,7 +34,7 @@ SELECT price_compute_gb_hour, price_build_minute, price_storage_gb_month, price_
 
 ESTIMATE = """
 SELECT line_no, kind::text, metric, description, amount_cents, quantity, included, billable,
-       unit, unit_price
+       unit, unit_price, (SELECT currency FROM waybill.billing_settings)
   FROM waybill.price_estimate(%(plan)s, %(month)s, %(hours)s, %(replicas)s, %(cpu)s,
                               %(memory)s, %(storage)s, %(build_minutes)s, %(bandwidth)s,
                               %(domains)s)

@@ -64,8 +64,9 @@ BEGIN
                           AND r.status <> 'draft');
 
     -- Late usage for finalized months (events are accepted up to EVENT_MAX_AGE,
-    -- 35 days by default, so two months back covers it). A changed hour has a
-    -- newer computed_at than the record's finalization.
+    -- 35 days by default, so two months back covers it). A changed day has a
+    -- daily_usage row recomputed after the record's finalization (daily rows are
+    -- only rewritten when their sums change), or is still in rollup_dirty_days.
     FOR v_q IN SELECT d::date FROM generate_series(p_period_start - interval '2 months',
                                                    p_period_start - interval '1 month',
                                                    interval '1 month') d
@@ -74,14 +75,19 @@ BEGIN
           FROM waybill.billing_records r WHERE r.period_start = v_q AND r.status <> 'draft';
         CONTINUE WHEN v_q_closed IS NULL;  -- not finalized for anyone yet: nothing is late
         v_q_to := (v_q + interval '1 month')::timestamp AT TIME ZONE 'UTC';
-        SELECT array_agg(DISTINCT u.project_id) INTO v_candidates
-          FROM waybill.hourly_usage u
-          LEFT JOIN waybill.billing_records r ON r.project_id = u.project_id AND r.period_start = v_q
-         WHERE u.hour >= v_q::timestamp AT TIME ZONE 'UTC' AND u.hour < v_q_to
-           AND u.computed_at > coalesce(r.finalized_at, v_q_closed)
+        SELECT array_agg(DISTINCT c.project_id) INTO v_candidates
+          FROM (SELECT u.project_id, u.computed_at
+                  FROM waybill.daily_usage u
+                 WHERE u.day >= v_q AND u.day < (v_q + interval '1 month')::date
+                UNION ALL  -- changed hours not yet in daily_usage
+                SELECT d.project_id, 'infinity'::timestamptz
+                  FROM waybill.rollup_dirty_days d
+                 WHERE d.day >= v_q AND d.day < (v_q + interval '1 month')::date) c
+          LEFT JOIN waybill.billing_records r ON r.project_id = c.project_id AND r.period_start = v_q
+         WHERE c.computed_at > coalesce(r.finalized_at, v_q_closed)
            AND r.status IS DISTINCT FROM 'draft'
            AND NOT EXISTS (SELECT 1 FROM waybill.billing_records f
-                            WHERE f.project_id = u.project_id AND f.period_start = p_period_start
+                            WHERE f.project_id = c.project_id AND f.period_start = p_period_start
                               AND f.status <> 'draft');
         CONTINUE WHEN v_candidates IS NULL;
 
@@ -113,6 +119,8 @@ BEGIN
           ) bi ON bi.project_id = c.project_id
          WHERE coalesce(re.amount, 0) <> coalesce(bi.amount, 0);
     END LOOP;
+
+    ANALYZE billing_lines;  -- temp tables get no statistics otherwise
 
     DELETE FROM waybill.billing_records r
      WHERE r.period_start = p_period_start AND r.status = 'draft'

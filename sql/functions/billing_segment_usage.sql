@@ -12,8 +12,14 @@
 -- Output: one row per (project, segment) that has a plan or any usage, with the
 -- segment bounds, plan and exact base-unit quantities (custom_domains = most
 -- attached at once, a max, never a sum). Side effects: none. Errors: none.
--- Projects with no change inside the month (nearly all) are summed with one
--- GROUP BY; only those with a change join hours to segments.
+-- Reads daily_usage for whole days it holds exactly (metering keeps a day in
+-- rollup_dirty_days from the moment one of its hours changes until daily_usage
+-- is recomputed), and hourly_usage for those dirty days and for a partial last
+-- day (p_until inside a day). Projects with a change inside the month read
+-- hourly_usage by segment, through the (project_id, hour) key. SECURITY DEFINER:
+-- the service role reads usage through it without seeing metering's bookkeeping.
+-- EXECUTE plans the query for the actual arguments on every call (all projects
+-- or a few), never with a generic plan.
 CREATE OR REPLACE FUNCTION waybill.billing_segment_usage(
     p_period_start date, p_until timestamptz, p_project_ids uuid[]
 ) RETURNS TABLE (
@@ -21,75 +27,105 @@ CREATE OR REPLACE FUNCTION waybill.billing_segment_usage(
     compute_gb_seconds numeric, storage_gb_seconds numeric, build_seconds numeric,
     bandwidth_gb numeric, custom_domains integer
 )
-LANGUAGE sql STABLE AS $$
-    WITH bounds AS (
-        SELECT p_period_start::timestamp AT TIME ZONE 'UTC' AS v_from,
-               (p_period_start + interval '1 month')::timestamp AT TIME ZONE 'UTC' AS v_to
-    ), live AS (
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_from  timestamptz := p_period_start::timestamp AT TIME ZONE 'UTC';
+    v_to    timestamptz := (p_period_start + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+    v_until timestamptz := least((p_period_start + interval '1 month')::timestamp AT TIME ZONE 'UTC',
+                                 p_until);
+BEGIN
+    RETURN QUERY EXECUTE $query$
+    WITH live AS (
         SELECT s.project_id, s.effective_at, s.plan_id
-          FROM waybill.subscriptions s, bounds b
-         WHERE s.superseded_at IS NULL AND s.effective_at < b.v_to
-           AND (p_project_ids IS NULL OR s.project_id = ANY (p_project_ids))
+          FROM waybill.subscriptions s
+         WHERE s.superseded_at IS NULL AND s.effective_at < $2
+           AND ($4::uuid[] IS NULL OR s.project_id = ANY ($4::uuid[]))
     ), opening AS (
         SELECT DISTINCT ON (l.project_id) l.project_id, l.plan_id
-          FROM live l, bounds b
-         WHERE l.effective_at <= b.v_from
+          FROM live l WHERE l.effective_at <= $1
          ORDER BY l.project_id, l.effective_at DESC
     ), changes AS (
-        SELECT l.project_id, l.effective_at, l.plan_id
-          FROM live l, bounds b WHERE l.effective_at > b.v_from
+        SELECT l.project_id, l.effective_at, l.plan_id FROM live l WHERE l.effective_at > $1
     ), multi AS (
         SELECT DISTINCT c.project_id FROM changes c
-    ), single_usage AS (
-        SELECT u.project_id,
-               sum(u.compute_gb_seconds) AS compute_gb_seconds,
-               sum(u.storage_gb_seconds) AS storage_gb_seconds,
-               sum(u.build_seconds) AS build_seconds,
-               sum(u.bandwidth_gb) AS bandwidth_gb,
-               max(u.custom_domains) AS custom_domains
-          FROM waybill.hourly_usage u, bounds b
-         WHERE u.hour >= b.v_from AND u.hour < least(b.v_to, p_until)
-           AND (p_project_ids IS NULL OR u.project_id = ANY (p_project_ids))
-           AND NOT EXISTS (SELECT 1 FROM multi m WHERE m.project_id = u.project_id)
-         GROUP BY u.project_id
-    ), single_segments AS (
-        SELECT coalesce(su.project_id, o.project_id) AS project_id, b.v_from, b.v_to,
-               o.plan_id, coalesce(su.compute_gb_seconds, 0), coalesce(su.storage_gb_seconds, 0),
-               coalesce(su.build_seconds, 0), coalesce(su.bandwidth_gb, 0),
-               coalesce(su.custom_domains, 0)
-          FROM single_usage su
-          FULL JOIN (SELECT o1.* FROM opening o1
-                      WHERE NOT EXISTS (SELECT 1 FROM multi m WHERE m.project_id = o1.project_id)) o
-            ON o.project_id = su.project_id
-         CROSS JOIN bounds b
+    ), hourly_days AS (  -- days daily_usage does not (yet) hold exactly: read their hours
+        SELECT d.project_id, d.day
+          FROM waybill.rollup_dirty_days d
+         WHERE d.day >= $5 AND (d.day::timestamp AT TIME ZONE 'UTC') < $3
+           AND ($4::uuid[] IS NULL OR d.project_id = ANY ($4::uuid[]))
+    ), parts AS (
+        SELECT u.project_id, u.compute_gb_seconds, u.storage_gb_seconds, u.build_seconds,
+               u.bandwidth_gb, u.custom_domains
+          FROM waybill.daily_usage u
+         WHERE u.day >= $5 AND ((u.day + 1)::timestamp AT TIME ZONE 'UTC') <= $3
+           AND ($4::uuid[] IS NULL OR u.project_id = ANY ($4::uuid[]))
+           AND NOT EXISTS (SELECT 1 FROM hourly_days h
+                            WHERE h.project_id = u.project_id AND h.day = u.day)
+        UNION ALL
+        SELECT h.project_id, h.compute_gb_seconds, h.storage_gb_seconds, h.build_seconds,
+               h.bandwidth_gb, h.custom_domains
+          FROM hourly_days d
+          JOIN waybill.hourly_usage h
+            ON h.project_id = d.project_id
+           AND h.hour >= (d.day::timestamp AT TIME ZONE 'UTC')
+           AND h.hour < least($3, (d.day + 1)::timestamp AT TIME ZONE 'UTC')
+        UNION ALL  -- the day $3 falls in, when it is not a day boundary
+        SELECT h.project_id, h.compute_gb_seconds, h.storage_gb_seconds, h.build_seconds,
+               h.bandwidth_gb, h.custom_domains
+          FROM waybill.hourly_usage h
+         WHERE h.hour >= greatest($1, date_trunc('day', $3, 'UTC')) AND h.hour < $3
+           AND ($4::uuid[] IS NULL OR h.project_id = ANY ($4::uuid[]))
+           AND NOT EXISTS (SELECT 1 FROM hourly_days d WHERE d.project_id = h.project_id
+                             AND (d.day::timestamp AT TIME ZONE 'UTC') = date_trunc('day', $3, 'UTC'))
+    ), totals AS (
+        SELECT t.project_id,
+               sum(t.compute_gb_seconds) AS compute_gb_seconds,
+               sum(t.storage_gb_seconds) AS storage_gb_seconds,
+               sum(t.build_seconds) AS build_seconds,
+               sum(t.bandwidth_gb) AS bandwidth_gb,
+               max(t.custom_domains) AS custom_domains
+          FROM parts t
+         WHERE NOT EXISTS (SELECT 1 FROM multi m WHERE m.project_id = t.project_id)
+         GROUP BY t.project_id
+    ), single AS (
+        SELECT coalesce(t.project_id, o.project_id), $1, $2, o.plan_id,
+               coalesce(t.compute_gb_seconds, 0), coalesce(t.storage_gb_seconds, 0),
+               coalesce(t.build_seconds, 0), coalesce(t.bandwidth_gb, 0),
+               coalesce(t.custom_domains, 0)
+          FROM totals t
+          FULL JOIN opening o ON o.project_id = t.project_id
+         WHERE NOT EXISTS (SELECT 1 FROM multi m
+                            WHERE m.project_id = coalesce(t.project_id, o.project_id))
     ), starts AS (
-        SELECT m.project_id, b.v_from AS effective_at, o.plan_id
-          FROM multi m CROSS JOIN bounds b LEFT JOIN opening o ON o.project_id = m.project_id
+        SELECT m.project_id, $1 AS effective_at, o.plan_id
+          FROM multi m LEFT JOIN opening o ON o.project_id = m.project_id
         UNION ALL
         SELECT c.project_id, c.effective_at, c.plan_id FROM changes c
-    ), multi_segments AS (
+    ), segments AS (
         SELECT st.project_id, st.effective_at AS seg_from,
-               lead(st.effective_at, 1, b.v_to)
-                   OVER (PARTITION BY st.project_id ORDER BY st.effective_at) AS seg_to,
+               lead(st.effective_at, 1, $2) OVER (PARTITION BY st.project_id
+                                                 ORDER BY st.effective_at) AS seg_to,
                st.plan_id
-          FROM starts st CROSS JOIN bounds b
-    ), multi_usage AS (
-        SELECT s.project_id, s.seg_from, s.seg_to, s.plan_id,
-               coalesce(sum(u.compute_gb_seconds), 0), coalesce(sum(u.storage_gb_seconds), 0),
-               coalesce(sum(u.build_seconds), 0), coalesce(sum(u.bandwidth_gb), 0),
-               coalesce(max(u.custom_domains), 0)
-          FROM multi_segments s
-          LEFT JOIN waybill.hourly_usage u
-            ON u.project_id = s.project_id AND u.hour >= s.seg_from AND u.hour < s.seg_to
-           AND u.hour < p_until
-         GROUP BY s.project_id, s.seg_from, s.seg_to, s.plan_id
+          FROM starts st
+    ), multi_usage AS (  -- per segment, through the (project_id, hour) primary key
+        SELECT s.project_id, s.seg_from, s.seg_to, s.plan_id, a.*
+          FROM segments s
+         CROSS JOIN LATERAL (
+               SELECT coalesce(sum(u.compute_gb_seconds), 0), coalesce(sum(u.storage_gb_seconds), 0),
+                      coalesce(sum(u.build_seconds), 0), coalesce(sum(u.bandwidth_gb), 0),
+                      coalesce(max(u.custom_domains), 0)
+                 FROM waybill.hourly_usage u
+                WHERE u.project_id = s.project_id AND u.hour >= s.seg_from
+                  AND u.hour < least(s.seg_to, $3)) a
     )
-    SELECT * FROM (
-        SELECT * FROM single_segments
+    SELECT r.* FROM (
+        SELECT * FROM single
         UNION ALL
         SELECT * FROM multi_usage
     ) r(project_id, segment_from, segment_to, plan_id, compute_gb_seconds, storage_gb_seconds,
         build_seconds, bandwidth_gb, custom_domains)
      WHERE r.plan_id IS NOT NULL OR r.compute_gb_seconds > 0 OR r.storage_gb_seconds > 0
         OR r.build_seconds > 0 OR r.bandwidth_gb > 0 OR r.custom_domains > 0
+    $query$ USING v_from, v_to, v_until, p_project_ids, p_period_start;
+END
 $$;

@@ -30,60 +30,53 @@ CREATE OR REPLACE FUNCTION waybill.price_segment(
     amount_cents bigint
 )
 LANGUAGE sql STABLE AS $$
-    WITH p AS (
-        SELECT pl.plan_id, pl.name, pl.base_fee_cents,
-               CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_compute_gb_hours END AS inc_compute,
-               CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_build_minutes END AS inc_build,
-               CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_storage_gb_months END AS inc_storage,
-               CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_bandwidth_gb END AS inc_bandwidth,
-               CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_custom_domains END AS inc_domains,
-               coalesce(pl.rate_compute_gb_hour, s.price_compute_gb_hour) AS rate_compute,
-               coalesce(pl.rate_build_minute, s.price_build_minute) AS rate_build,
-               coalesce(pl.rate_storage_gb_month, s.price_storage_gb_month) AS rate_storage,
-               coalesce(pl.rate_bandwidth_gb, s.price_bandwidth_gb) AS rate_bandwidth,
-               coalesce(pl.rate_custom_domain, s.price_custom_domain) AS rate_domain
-          FROM waybill.billing_settings s
-          LEFT JOIN waybill.pricing_plans pl ON pl.plan_id = p_plan_id
-    ), m AS (
-        SELECT v.*
-          FROM p CROSS JOIN LATERAL (VALUES
-            (2, 'compute_gb_hours', 'Compute', 'GB-hours', coalesce(p_compute_gb_seconds, 0),
-             3600::numeric, p.inc_compute, p.rate_compute),
-            (3, 'build_minutes', 'Build', 'minutes', coalesce(p_build_seconds, 0),
-             60::numeric, p.inc_build, p.rate_build),
-            (4, 'storage_gb_months', 'Storage', 'GB-months', coalesce(p_storage_gb_seconds, 0),
-             p_period_seconds, p.inc_storage, p.rate_storage),
-            (5, 'bandwidth_gb', 'Bandwidth', 'GB', coalesce(p_bandwidth_gb, 0),
-             1::numeric, p.inc_bandwidth, p.rate_bandwidth)
-          ) AS v(line_no, metric, label, unit, q, f, inc, rate)
-    ), b AS (  -- billable, in base units times month seconds (exact: no division yet)
-        SELECT m.*,
-               CASE WHEN m.inc IS NULL THEN 0
-                    ELSE greatest(0, m.q * p_period_seconds - m.inc * m.f * p_segment_seconds)
-               END AS billable_scaled
-          FROM m
-    )
-    SELECT 1, 'base_fee'::waybill.billing_line_kind, NULL::text, p.name || ' plan',
-           round(p_segment_seconds / p_period_seconds, 6), NULL::numeric, NULL::numeric,
-           'month', round(p.base_fee_cents::numeric / 100, 2),
-           round(p.base_fee_cents * p_segment_seconds / p_period_seconds)::bigint
-      FROM p WHERE p.plan_id IS NOT NULL
-    UNION ALL
-    SELECT b.line_no, 'usage', b.metric, b.label || ' (' || b.unit || ')',
-           round(b.q / b.f, 6),
-           round(b.inc * p_segment_seconds / p_period_seconds, 6),
-           round(b.billable_scaled / (b.f * p_period_seconds), 6),
-           b.unit, b.rate,
-           round(100 * b.billable_scaled * b.rate / (b.f * p_period_seconds))::bigint
-      FROM b
-    UNION ALL
-    SELECT 6, 'usage', 'custom_domains', 'Custom domains',
-           coalesce(p_custom_domains, 0), p.inc_domains,
-           CASE WHEN p.inc_domains IS NULL THEN 0
-                ELSE greatest(0, coalesce(p_custom_domains, 0) - p.inc_domains) END,
-           'domain-months', p.rate_domain,
-           CASE WHEN p.inc_domains IS NULL THEN 0
-                ELSE round(100 * greatest(0, coalesce(p_custom_domains, 0) - p.inc_domains)
-                           * p.rate_domain * p_segment_seconds / p_period_seconds)::bigint END
-      FROM p
+    -- One SELECT without CTEs, so that the planner inlines it into the caller's
+    -- query (a whole month of projects is priced by one join, not one call each).
+    SELECT v.line_no, v.kind::waybill.billing_line_kind, v.metric,
+           CASE WHEN v.line_no = 1 THEN pl.name || ' plan' ELSE v.label || ' (' || v.unit || ')' END,
+           CASE WHEN v.line_no = 1 THEN round(p_segment_seconds / p_period_seconds, 6)
+                WHEN v.line_no = 6 THEN v.q
+                ELSE round(v.q / v.f, 6) END,
+           CASE WHEN v.line_no = 1 THEN NULL
+                WHEN v.line_no = 6 THEN v.inc
+                ELSE round(v.inc * p_segment_seconds / p_period_seconds, 6) END,
+           CASE WHEN v.line_no = 1 THEN NULL
+                WHEN v.inc IS NULL THEN 0
+                WHEN v.line_no = 6 THEN greatest(0, v.q - v.inc)
+                ELSE round(greatest(0, v.q * p_period_seconds - v.inc * v.f * p_segment_seconds)
+                           / (v.f * p_period_seconds), 6) END,
+           v.unit,
+           CASE WHEN v.line_no = 1 THEN round(pl.base_fee_cents::numeric / 100, 2) ELSE v.rate END,
+           CASE WHEN v.line_no = 1
+                    THEN round(pl.base_fee_cents * p_segment_seconds / p_period_seconds)
+                WHEN v.inc IS NULL THEN 0
+                WHEN v.line_no = 6
+                    THEN round(100 * greatest(0, v.q - v.inc) * v.rate * p_segment_seconds
+                               / p_period_seconds)
+                ELSE round(100 * greatest(0, v.q * p_period_seconds - v.inc * v.f * p_segment_seconds)
+                           * v.rate / (v.f * p_period_seconds))
+           END::bigint
+      FROM waybill.billing_settings s
+      LEFT JOIN waybill.pricing_plans pl ON pl.plan_id = p_plan_id
+     CROSS JOIN LATERAL (VALUES
+        (1, 'base_fee', NULL, NULL, 'month', NULL::numeric, NULL::numeric, NULL::numeric,
+         NULL::numeric),
+        (2, 'usage', 'compute_gb_hours', 'Compute', 'GB-hours', coalesce(p_compute_gb_seconds, 0),
+         3600::numeric, CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_compute_gb_hours END,
+         coalesce(pl.rate_compute_gb_hour, s.price_compute_gb_hour)),
+        (3, 'usage', 'build_minutes', 'Build', 'minutes', coalesce(p_build_seconds, 0),
+         60::numeric, CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_build_minutes END,
+         coalesce(pl.rate_build_minute, s.price_build_minute)),
+        (4, 'usage', 'storage_gb_months', 'Storage', 'GB-months', coalesce(p_storage_gb_seconds, 0),
+         p_period_seconds, CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_storage_gb_months END,
+         coalesce(pl.rate_storage_gb_month, s.price_storage_gb_month)),
+        (5, 'usage', 'bandwidth_gb', 'Bandwidth', 'GB', coalesce(p_bandwidth_gb, 0),
+         1::numeric, CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_bandwidth_gb END,
+         coalesce(pl.rate_bandwidth_gb, s.price_bandwidth_gb)),
+        (6, 'usage', 'custom_domains', 'Custom domains', 'domain-months',
+         coalesce(p_custom_domains, 0)::numeric, 1::numeric,
+         CASE WHEN pl.plan_id IS NULL THEN 0 ELSE pl.included_custom_domains END::numeric,
+         coalesce(pl.rate_custom_domain, s.price_custom_domain))
+     ) AS v(line_no, kind, metric, label, unit, q, f, inc, rate)
+     WHERE v.line_no > 1 OR pl.plan_id IS NOT NULL
 $$;
