@@ -49,7 +49,7 @@ class Settings:
     db_pool_min: int = 4
     db_pool_max: int = 16
     # How long a request waits for a pooled connection before a 503.
-    db_pool_timeout: float = 2.0
+    db_pool_timeout: float = 0.5
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
@@ -74,7 +74,7 @@ class Settings:
             billing_grace_period=parse_duration(_env("BILLING_GRACE_PERIOD", "1h") or "1h"),
             db_pool_min=int(_env("DB_POOL_MIN", "4") or 4),
             db_pool_max=int(_env("DB_POOL_MAX", "16") or 16),
-            db_pool_timeout=float(_env("DB_POOL_TIMEOUT", "2") or 2),
+            db_pool_timeout=float(_env("DB_POOL_TIMEOUT", "0.5") or 0.5),
             stripe_secret_key=_env("STRIPE_SECRET_KEY"),
             stripe_webhook_secret=_env("STRIPE_WEBHOOK_SECRET"),
             stripe_api_base=_env("STRIPE_API_BASE"),

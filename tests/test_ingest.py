@@ -384,26 +384,66 @@ def test_uuid_event_ids_are_time_ordered(client):
 
 
 def test_concurrent_single_events_share_commits_but_keep_their_own_answers(db_url, db):
-    from litestar.testing import AsyncTestClient
+    from concurrent.futures import ThreadPoolExecutor
 
-    from app.web import create_app
+    from bench.common import api_process
+    from tests.test_degradation import request
 
     taken = event(idempotency_key="taken")
     reused = dict(taken, resource_id="another-resource")
-    bodies = [event() for _ in range(30)]
-    replay = bodies[0]
+    bodies = [event() for _ in range(40)]
+    with api_process(db_url, INTERNAL_API_KEY=INTERNAL_KEY) as (_, base):
+        assert request(base, "POST", "/internal/events", taken)[0] == 201
+        with ThreadPoolExecutor(16) as workers:
+            results = list(workers.map(lambda b: request(base, "POST", "/internal/events", b),
+                                       [*bodies, reused, bodies[0]]))
+        metrics = http_get(base, "/metrics")
+    statuses = [status for status, _, _ in results]
+    assert statuses[1:40] == [201] * 39
+    assert statuses[40] == 409
+    assert sorted([statuses[0], statuses[41]]) == [200, 201]
+    assert results[0][2]["event_id"] == results[41][2]["event_id"]
+    assert count_events(db) == 41
+    assert "waybill_events_accepted_total 41.0" in metrics
+
+
+def http_get(base: str, path: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
+        return response.read().decode()
+
+
+def test_group_commit_retries_a_refused_group_event_by_event(db_url, db):
+    from app.ingest.writer import EventWriter
+
+    settings = make_settings()
+    now = datetime.now(UTC)
+
+    def row(body: dict[str, Any]) -> EventRow:
+        parsed = parse_event(json.dumps(body).encode(), now=now, max_age=settings.event_max_age,
+                             max_future=settings.event_max_future)
+        assert isinstance(parsed, EventRow)
+        return parsed
+
+    taken = event(idempotency_key="taken")
+    rows = [row(event()) for _ in range(40)]
+    reused = row(dict(taken, resource_id="another"))
 
     async def scenario() -> list[Any]:
-        async with AsyncTestClient(create_app(make_settings(), database_url=db_url)) as c:
-            headers = {"Authorization": f"Bearer {INTERNAL_KEY}"}
-            assert (await c.post("/internal/events", json=taken, headers=headers)).status_code == 201
-            return await asyncio.gather(*(c.post("/internal/events", json=b, headers=headers)
-                                          for b in [*bodies, reused, replay]))
+        async with AsyncConnectionPool(db_url, min_size=2, max_size=4,
+                                       kwargs={"autocommit": True}) as pool:
+            await store_events(pool, [row(taken)])
+            writer = EventWriter(pool)
+            writer.start()
+            try:
+                # Queued before any flusher runs, so they are written in shared groups.
+                return await asyncio.gather(*(writer.write(r) for r in [*rows, reused]),
+                                            return_exceptions=True)
+            finally:
+                await writer.stop()
 
-    responses = asyncio.run(scenario())
-    statuses = [r.status_code for r in responses]
-    assert statuses[:30].count(201) + statuses[:30].count(200) == 30
-    assert statuses[30] == 409
-    assert {responses[0].json()["event_id"]} == {responses[31].json()["event_id"]}
-    assert sorted([statuses[0], statuses[31]]) == [200, 201]
-    assert count_events(db) == 31
+    results = asyncio.run(scenario())
+    assert all(not r.duplicate for r in results[:40])
+    assert isinstance(results[40], psycopg.Error) and results[40].sqlstate == "WB409"
+    assert count_events(db) == 41
