@@ -15,7 +15,11 @@ test: system venv
 	$(BIN)/pytest
 
 bench: system venv
+	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -m bench
+
+soak: system venv
+	$(BIN)/pytest -m soak -s tests/soak
 
 lint: venv
 	$(BIN)/ruff check app tests bench

@@ -59,30 +59,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def api_process(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """The real `waybill serve` in its own process; yields (process, base URL)."""
-    port = free_port()
+def start_api(database_url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """Start `waybill serve` on `port` and wait until it accepts connections."""
     environ = {**os.environ, "DATABASE_URL": database_url, "API_PORT": str(port),
                "LOG_LEVEL": "WARNING", **env}
     process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=environ,
                                cwd=PROJECT_DIR, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        yield process, base
-    finally:
-        process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"the API did not start on port {port}")
+
+
+def stop_api(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def api_process(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The real `waybill serve` in its own process; yields (process, base URL)."""
+    port = free_port()
+    process = start_api(database_url, port, **env)
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        stop_api(process)
 
 
 def peak_rss_mb(pid: int) -> float:

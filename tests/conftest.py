@@ -12,6 +12,7 @@ connections without seeing each other.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,18 @@ def drop_database(server_url: str, url: str) -> None:
     name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     with _admin(server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A PostgreSQL cluster of this module's own, with the schema, that it may stop and start."""
+    from bench.common import free_port
+
+    cluster = Cluster(home=tmp_path_factory.mktemp("cluster"), port=free_port())
+    migrate(cluster.up(), schedule=False)
+    yield cluster
+    cluster.down()
+    shutil.rmtree(cluster.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture

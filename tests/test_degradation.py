@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,19 +16,14 @@ import psycopg
 import pytest
 
 from app.db.cluster import Cluster
-from app.db.migrate import migrate
-from bench.common import api_process, free_port
+from bench.common import api_process
 from tests.conftest import INTERNAL_KEY
 from tests.factories import event
 
 
 @pytest.fixture(scope="module")
-def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(home=tmp_path_factory.mktemp("degradation"), port=free_port())
-    migrate(cluster.up(), schedule=False)
-    yield cluster
-    cluster.down()
-    shutil.rmtree(cluster.data_dir.parent, ignore_errors=True)
+def own_cluster(private_cluster: Cluster) -> Cluster:
+    return private_cluster
 
 
 def request(base: str, method: str, path: str, body: Any = None) -> tuple[int, float, dict[str, Any]]:
