@@ -447,3 +447,30 @@ def test_group_commit_retries_a_refused_group_event_by_event(db_url, db):
     assert all(not r.duplicate for r in results[:40])
     assert isinstance(results[40], psycopg.Error) and results[40].sqlstate == "WB409"
     assert count_events(db) == 41
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"events": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"event_type": "build.completed", "metrics": {"duration_seconds": {"a": {"b": {"c": 1}}}}}',
+    b"null",
+    b'"just a string"',
+    b"",
+])
+def test_deep_or_odd_bodies_are_clear_4xx(client, db, body):
+    for path in ("/internal/events", "/internal/events/batch"):
+        response = client.post(path, content=body, headers={
+            "Authorization": f"Bearer {INTERNAL_KEY}", "content-type": "application/json"})
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:200])
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert count_events(db) == 0
+
+
+def test_sql_fragments_in_strings_are_stored_verbatim(client, db):
+    fragment = "'; DROP TABLE waybill.usage_events; --"
+    body = event(resource_type=fragment[:64], resource_id=fragment, idempotency_key=fragment,
+                 resource_name=fragment, metadata={fragment: fragment})
+    assert post(client, body).status_code == 201
+    row = db.execute("SELECT resource_id, idempotency_key, metadata FROM waybill.usage_events"
+                     ).fetchone()
+    assert row == (fragment, fragment, {fragment: fragment})

@@ -14,8 +14,9 @@ from app.ingest.store import store_events
 from app.ingest.validate import EventRow, decode_batch, parse_event
 from app.observability import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 
-# What a body that is not JSON at all raises (msgspec checks UTF-8 as it goes).
-MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
+# What a body that is not usable JSON raises: msgspec checks UTF-8 as it goes,
+# and gives up on nesting deeper than the interpreter's recursion limit.
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def _json(body: object, status: int) -> Response[bytes]:
