@@ -15,7 +15,7 @@
 -- Errors: WB422 when the period is not a month start or has not ended at p_as_of.
 CREATE OR REPLACE FUNCTION waybill.bill_period(p_period_start date, p_as_of timestamptz)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v_from           timestamptz := p_period_start::timestamp AT TIME ZONE 'UTC';
     v_to             timestamptz := (p_period_start + interval '1 month')::timestamp AT TIME ZONE 'UTC';

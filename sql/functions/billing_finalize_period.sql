@@ -15,7 +15,7 @@
 -- Errors: WB409 inside the grace period; WB422 as bill_period.
 CREATE OR REPLACE FUNCTION waybill.finalize_period(p_period_start date, p_as_of timestamptz)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v_to    timestamptz := (p_period_start + interval '1 month')::timestamp AT TIME ZONE 'UTC';
     v_grace interval;
