@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench soak system venv lint clean-db
+.PHONY: run test bench soak fuzz system venv lint clean-db
 
 run: system venv
 	$(BIN)/waybill dev
@@ -17,6 +17,9 @@ test: system venv
 bench: system venv
 	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -m bench
+
+fuzz: system venv
+	bash scripts/fuzz.sh
 
 soak: system venv
 	$(BIN)/pytest -m soak -s tests/soak

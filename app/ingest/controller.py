@@ -11,8 +11,9 @@ from litestar import Request, Response, Router, post
 from app.auth import require_internal_key
 from app.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from app.ingest.store import store_events
-from app.ingest.validate import EventRow, decode_batch, parse_event
+from app.ingest.validate import EventRow, decode_batch, event_json_schema, parse_event
 from app.observability import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
+from app.openapi import json_request_body
 
 # What a body that is not usable JSON raises: msgspec checks UTF-8 as it goes,
 # and gives up on nesting deeper than the interpreter's recursion limit.
@@ -35,7 +36,11 @@ def _reject(reason: str, count: int = 1) -> None:
     EVENTS_REJECTED.labels(reason=reason).inc(count)
 
 
-@post("/events", status_code=201)
+_EVENT_SCHEMA = event_json_schema()
+
+
+@post("/events", status_code=201,
+      operation_class=json_request_body(_EVENT_SCHEMA, "one usage event"))
 async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Record one event. 201 when new; 200 with `duplicate: true` for a replay."""
     _require_json(request)
@@ -58,7 +63,10 @@ async def ingest_one(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json({"event_id": stored.event_id, "duplicate": False}, 201)
 
 
-@post("/events/batch", status_code=201)
+@post("/events/batch", status_code=201, operation_class=json_request_body(
+    {"type": "object", "required": ["events"], "additionalProperties": False,
+     "properties": {"events": {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1}}},
+    "a batch of usage events, stored all or none"))
 async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Record a batch atomically: every event is valid and stored, or none is."""
     _require_json(request)

@@ -13,7 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -225,6 +225,19 @@ def parse_event(
         team_id=event.team_id,
         resource_name=event.resource_name,
     )
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of one event: the Struct's, plus the rules parse_event checks."""
+    schema: dict[str, Any] = msgspec.json.schema(EventIn)["$defs"]["EventIn"]
+    properties = schema["properties"]
+    properties["event_type"]["enum"] = list(EVENT_TYPES)
+    properties["metrics"]["additionalProperties"] = {
+        "type": "number", "minimum": 0, "exclusiveMaximum": 10**15}
+    properties["metrics"]["description"] = "required metrics per event_type: CONTRACT.md section 1"
+    properties["timestamp"] = {"type": "string", "format": "date-time",
+                               "description": "RFC 3339 with an offset; default: receive time"}
+    return schema
 
 
 def decode_batch(body: bytes) -> list[msgspec.Raw]:
