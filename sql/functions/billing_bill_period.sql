@@ -120,10 +120,36 @@ BEGIN
          WHERE coalesce(re.amount, 0) <> coalesce(bi.amount, 0);
     END LOOP;
 
+    CREATE INDEX ON billing_lines (project_id);
     ANALYZE billing_lines;  -- temp tables get no statistics otherwise
+
+    -- Only projects whose lines differ from their draft's are rewritten: a rerun
+    -- inside the grace period, or the recompute before finalizing, writes only
+    -- what late usage changed. (usage_as_of/computed_at say when a draft's
+    -- amounts last changed.)
+    DROP TABLE IF EXISTS pg_temp.billing_changed;
+    CREATE TEMP TABLE billing_changed ON COMMIT DROP AS
+    SELECT DISTINCT coalesce(n.project_id, o.project_id) AS project_id
+      FROM (SELECT t.*, row_number() OVER (PARTITION BY t.project_id ORDER BY t.seq)::integer
+                        AS line_no
+              FROM billing_lines t) n
+      FULL JOIN (SELECT l.*
+                   FROM waybill.billing_record_lines l
+                   JOIN waybill.billing_records r
+                     ON r.project_id = l.project_id AND r.record_id = l.record_id
+                  WHERE r.period_start = p_period_start AND r.status = 'draft') o
+        ON o.project_id = n.project_id AND o.line_no = n.line_no
+     WHERE (n.kind, n.metric, n.description, n.plan_id, n.segment_from, n.segment_to, n.quantity,
+            n.included, n.billable, n.unit, n.unit_price, n.amount_cents, n.adjustment_period)
+           IS DISTINCT FROM
+           (o.kind, o.metric, o.description, o.plan_id, o.segment_from, o.segment_to, o.quantity,
+            o.included, o.billable, o.unit, o.unit_price, o.amount_cents, o.adjustment_period);
+    CREATE INDEX ON billing_changed (project_id);
+    ANALYZE billing_changed;
 
     DELETE FROM waybill.billing_records r
      WHERE r.period_start = p_period_start AND r.status = 'draft'
+       AND r.project_id IN (SELECT c.project_id FROM billing_changed c)
        AND NOT EXISTS (SELECT 1 FROM billing_lines t WHERE t.project_id = r.project_id);
 
     INSERT INTO waybill.billing_records AS r
@@ -132,17 +158,22 @@ BEGIN
     SELECT t.project_id, p_period_start, 'draft', v_currency, sum(t.amount_cents), 0,
            greatest(0, sum(t.amount_cents)), v_usage_as_of, p_as_of
       FROM billing_lines t
+     WHERE t.project_id IN (SELECT c.project_id FROM billing_changed c)
      GROUP BY t.project_id
     ON CONFLICT ON CONSTRAINT billing_records_period_key DO UPDATE
        SET subtotal_cents = excluded.subtotal_cents, credits_cents = 0,
            total_cents = excluded.total_cents, usage_as_of = excluded.usage_as_of,
            computed_at = excluded.computed_at, updated_at = now()
      WHERE r.status = 'draft';
+    -- The first run of a month adds thousands of records: plan what follows with
+    -- statistics that know them (a few pages sampled: cheap).
+    ANALYZE waybill.billing_records;
 
     DELETE FROM waybill.billing_record_lines l
      USING waybill.billing_records r
      WHERE r.project_id = l.project_id AND r.record_id = l.record_id
-       AND r.period_start = p_period_start AND r.status = 'draft';
+       AND r.period_start = p_period_start AND r.status = 'draft'
+       AND r.project_id IN (SELECT c.project_id FROM billing_changed c);
 
     INSERT INTO waybill.billing_record_lines
            (project_id, record_id, line_no, kind, metric, description, plan_id, segment_from,
@@ -154,12 +185,14 @@ BEGIN
            t.included, t.billable, t.unit, t.unit_price, t.amount_cents, t.adjustment_period
       FROM billing_lines t
       JOIN waybill.billing_records r
-        ON r.project_id = t.project_id AND r.period_start = p_period_start AND r.status = 'draft';
+        ON r.project_id = t.project_id AND r.period_start = p_period_start AND r.status = 'draft'
+     WHERE t.project_id IN (SELECT c.project_id FROM billing_changed c);
 
     GET DIAGNOSTICS v_count = ROW_COUNT;
     SELECT count(*) INTO v_count FROM waybill.billing_records r
      WHERE r.period_start = p_period_start AND r.status = 'draft';
     DROP TABLE IF EXISTS pg_temp.billing_lines;
+    DROP TABLE IF EXISTS pg_temp.billing_changed;
     RETURN v_count;
 END
 $$;

@@ -73,16 +73,17 @@ BEGIN
                           AND l.credit_id = a.credit_id);
 
     UPDATE waybill.billing_records r
-       SET credits_cents = coalesce(x.applied, 0),
-           total_cents = greatest(0, r.subtotal_cents - coalesce(x.applied, 0)),
+       SET credits_cents = x.applied,
+           total_cents = greatest(0, r.subtotal_cents - x.applied),
            carried_forward_cents = greatest(0, -r.subtotal_cents),
            status = 'open', finalized_at = p_as_of, updated_at = now()
-      FROM waybill.billing_records r2
-      LEFT JOIN (SELECT a.project_id, a.record_id, sum(a.amount_cents) AS applied
-                   FROM waybill.credit_applications a GROUP BY a.project_id, a.record_id) x
-        ON x.project_id = r2.project_id AND x.record_id = r2.record_id
-     WHERE r2.project_id = r.project_id AND r2.record_id = r.record_id
-       AND r.period_start = p_period_start AND r.status = 'draft';
+      FROM (SELECT d.project_id, d.record_id,
+                   coalesce((SELECT sum(a.amount_cents) FROM waybill.credit_applications a
+                              WHERE a.project_id = d.project_id AND a.record_id = d.record_id),
+                            0) AS applied
+              FROM waybill.billing_records d
+             WHERE d.period_start = p_period_start AND d.status = 'draft') x
+     WHERE r.project_id = x.project_id AND r.record_id = x.record_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
 
     INSERT INTO waybill.credits (project_id, amount_cents, currency, reason, granted_at, source_record_id)
