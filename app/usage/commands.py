@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 
 import psycopg
@@ -48,7 +49,8 @@ def aggregate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         until = parse_until(args.until)
     except ValueError:
-        print(f"waybill aggregate: --until {args.until!r} is not an ISO 8601 timestamp")
+        print(f"waybill aggregate: --until {args.until!r} is not an ISO 8601 timestamp",
+              file=sys.stderr)
         return 2
     result = aggregate(database_url(settings), until)
     print(json.dumps(result, default=str))
