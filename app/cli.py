@@ -49,10 +49,11 @@ def db_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_migrate(url: str, schedule: bool) -> None:
+def _run_migrate(url: str, schedule: bool, settings: Settings) -> None:
     from app.db.migrate import migrate
 
-    report = migrate(url, schedule=schedule)
+    report = migrate(url, schedule=schedule,
+                     event_retention_months=settings.event_retention_months)
     print(f"migrations applied: {', '.join(report.applied) or 'none pending'}; "
           f"repeatable files: {report.repeatables}")
     if report.schedule:
@@ -62,7 +63,7 @@ def _run_migrate(url: str, schedule: bool) -> None:
 @command("migrate", lambda p: p.add_argument("--no-schedule", action="store_true",
                                              help="do not install pg_cron jobs"))
 def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
-    _run_migrate(database_url(settings), schedule=not args.no_schedule)
+    _run_migrate(database_url(settings), schedule=not args.no_schedule, settings=settings)
     return 0
 
 
@@ -85,7 +86,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
 @command("dev")
 def dev_command(args: argparse.Namespace, settings: Settings) -> int:
     url = database_url(settings)
-    _run_migrate(url, schedule=True)
+    _run_migrate(url, schedule=True, settings=settings)
     if not settings.internal_api_key:
         # A local run should accept events out of the box; production never gets here
         # because it runs `serve`, which fails closed.

@@ -45,6 +45,8 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     event_max_age: timedelta = timedelta(days=35)
     event_max_future: timedelta = timedelta(minutes=5)
+    # Whole months of raw events kept before the current one (finalized months only).
+    event_retention_months: int = 13
     billing_grace_period: timedelta = timedelta(hours=1)
     db_pool_min: int = 4
     db_pool_max: int = 16
@@ -71,6 +73,7 @@ class Settings:
             max_batch_events=int(_env("MAX_BATCH_EVENTS", "1000") or 1000),
             max_body_bytes=int(_env("MAX_BODY_BYTES", str(8 * 1024 * 1024)) or 0),
             event_max_age=parse_duration(_env("EVENT_MAX_AGE", "35d") or "35d"),
+            event_retention_months=int(_env("EVENT_RETENTION_MONTHS", "13") or 13),
             billing_grace_period=parse_duration(_env("BILLING_GRACE_PERIOD", "1h") or "1h"),
             db_pool_min=int(_env("DB_POOL_MIN", "4") or 4),
             db_pool_max=int(_env("DB_POOL_MAX", "16") or 16),
@@ -89,7 +92,7 @@ class Settings:
 # Environment variables the service reads; docker-compose.yml is checked against it.
 ENVIRONMENT_VARIABLES = (
     "DATABASE_URL", "API_HOST", "API_PORT", "API_WORKERS", "INTERNAL_API_KEY", "DASHBOARD_API_KEY",
-    "MAX_BATCH_EVENTS", "MAX_BODY_BYTES", "EVENT_MAX_AGE", "BILLING_GRACE_PERIOD",
+    "MAX_BATCH_EVENTS", "MAX_BODY_BYTES", "EVENT_MAX_AGE", "EVENT_RETENTION_MONTHS", "BILLING_GRACE_PERIOD",
     "DB_POOL_MIN", "DB_POOL_MAX", "DB_POOL_TIMEOUT", "STRIPE_SECRET_KEY",
     "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE", "PRICE_COMPUTE_GB_HOUR",
     "PRICE_BUILD_MINUTE", "PRICE_STORAGE_GB_MONTH", "PRICE_BANDWIDTH_GB", "LOG_LEVEL",

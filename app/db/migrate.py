@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from yoyo import get_backend, read_migrations
 
@@ -105,10 +106,20 @@ def apply_schedules(url: str) -> str:
     return f"{len(files)} pg_cron schedule file(s) applied in database {cron_db!r}"
 
 
-def migrate(url: str, *, schedule: bool = True) -> MigrateReport:
+def prepare_event_storage(url: str, retention_months: int) -> None:
+    """Monthly event partitions around today (a new database need not wait for
+    pg_cron), and the retention the scheduled maintenance applies."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT waybill.ensure_event_partitions(now())")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET waybill.event_retention_months = {}").format(
+            sql.Identifier(conn.info.dbname), sql.Literal(str(retention_months))))
+
+
+def migrate(url: str, *, schedule: bool = True, event_retention_months: int = 13) -> MigrateReport:
     report = MigrateReport()
     report.applied = apply_migrations(url)
     report.repeatables = apply_repeatables(url)
+    prepare_event_storage(url, event_retention_months)
     if schedule:
         report.schedule = apply_schedules(url)
     return report
