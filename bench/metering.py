@@ -42,7 +42,8 @@ SELECT md5('e' || g)::uuid,
        t.replicas, t.cpu, t.memory, t.size, t.quantity, t.metrics
   FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g
  CROSS JOIN LATERAL (SELECT %(start)s::timestamptz
-                            + (g - 1) * (interval '1 hour' * {HOURS}) / %(total)s AS at,
+                            + make_interval(secs => (g - 1) * {HOURS * 3600}.0
+                                                    / %(total)s) AS at,
                             CASE WHEN g %% 100 < 95 THEN (g * 7919) %% {DEPLOYMENTS}
                                  WHEN g %% 100 = 98 THEN {DEPLOYMENTS} + g %% {VOLUMES}
                                  ELSE (g * 31) %% {DEPLOYMENTS} END AS r) x
