@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each module has `run() -> None`, which measures and calls bench.common.record.
-BENCHMARKS = ["ingest", "metering", "billing"]
+BENCHMARKS = ["ingest", "metering", "billing", "growth"]
 
 
 def main(argv: list[str]) -> int:
