@@ -10,8 +10,12 @@
 
 ALTER TABLE waybill.usage_events ALTER COLUMN seq DROP IDENTITY;
 CREATE SEQUENCE waybill.usage_events_seq_seq AS bigint;
-SELECT setval('waybill.usage_events_seq_seq',
-              coalesce((SELECT max(seq) FROM waybill.usage_events), 0) + 1, false);
+DO $$
+BEGIN
+    PERFORM setval('waybill.usage_events_seq_seq',
+                   coalesce((SELECT max(seq) FROM waybill.usage_events), 0) + 1, false);
+END
+$$;
 
 ALTER TABLE waybill.usage_events RENAME TO usage_events_unpartitioned;
 ALTER INDEX waybill.usage_events_pkey RENAME TO usage_events_unpartitioned_pkey;

@@ -3,7 +3,7 @@
 A loader sends 200,000 events in batches of 1000, retrying any failure, while the
 test kills the API process (SIGKILL) several times and restarts PostgreSQL once
 in crash mode (immediate stop: recovery from the WAL). Rollups run throughout,
-one is killed half-way. At the end every event is stored exactly once and the
+one is killed half-way; so is a billing run. At the end every event is stored exactly once and the
 usage the incremental rollups computed equals a recomputation from scratch.
 Bounded in time; loopback only.
 """
@@ -165,6 +165,8 @@ def test_kills_and_restarts_lose_nothing_and_count_nothing_twice(private_cluster
         incremental = snapshot(conn)
         conn.execute("SELECT waybill.recompute_usage_from_scratch(%s)", (until,))
         from_scratch = snapshot(conn)
+    billing = kill_and_rerun_billing(url, until)
+
     report: dict[str, Any] = {"seconds": round(elapsed, 1), "api_kills": kills,
                               "postgres_crash_restarts": 1, "retried_batches": loader.failures,
                               "answers": loader.statuses}
@@ -173,3 +175,38 @@ def test_kills_and_restarts_lose_nothing_and_count_nothing_twice(private_cluster
     assert (stored, keys, distinct) == (EVENTS, EVENTS, EVENTS), report
     assert incremental["hourly"], "the rollups produced usage"
     assert incremental == from_scratch
+    assert billing["records"] > 0 and billing["after_kill"] == billing["again"]
+    assert billing["mismatched_totals"] == 0
+
+
+BILLING_SNAPSHOT = """
+SELECT r.project_id, r.subtotal_cents, r.total_cents,
+       r.subtotal_cents = coalesce(sum(l.amount_cents) FILTER (WHERE l.kind <> 'credit'), 0) AS sums
+  FROM waybill.billing_records r
+  LEFT JOIN waybill.billing_record_lines l ON l.project_id = r.project_id AND l.record_id = r.record_id
+ WHERE r.period_start = %s
+ GROUP BY 1, 2, 3 ORDER BY 1
+"""
+
+
+def kill_and_rerun_billing(url: str, until: datetime) -> dict[str, Any]:
+    """Bill this month (as if it had ended), killed half-way, then again twice."""
+    period = until.date().replace(day=1)
+    month_end = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
+    with psycopg.connect(url, autocommit=True) as victim, psycopg.connect(url, autocommit=True) as admin:
+        pid = victim.info.backend_pid
+        killer = threading.Timer(0.05, lambda: admin.execute(
+            "SELECT pg_terminate_backend(%s)", (pid,)))
+        killer.start()
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute("SELECT waybill.bill_period(%s, %s), pg_sleep(1)", (period, month_end))
+        killer.join()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM waybill.billing_records WHERE period_start = %s",
+                            (period,)).fetchone()[0] == 0, "a killed billing run left records"
+        conn.execute("SELECT waybill.bill_period(%s, %s)", (period, month_end))
+        after_kill = conn.execute(BILLING_SNAPSHOT, (period,)).fetchall()
+        conn.execute("SELECT waybill.bill_period(%s, %s)", (period, month_end))
+        again = conn.execute(BILLING_SNAPSHOT, (period,)).fetchall()
+    return {"records": len(after_kill), "after_kill": after_kill, "again": again,
+            "mismatched_totals": sum(1 for row in after_kill if not row[3])}
