@@ -105,6 +105,18 @@ class Loader:
                 time.sleep(0.05)
 
 
+def kill_half_way(url: str, statement: str, params: tuple[Any, ...]) -> None:
+    """Run `statement` and kill its backend 50 ms in, as a crash would."""
+    with psycopg.connect(url, autocommit=True) as victim, psycopg.connect(url, autocommit=True) as admin:
+        pid = victim.info.backend_pid
+        killer = threading.Timer(0.05, lambda: admin.execute(
+            "SELECT pg_terminate_backend(%s)", (pid,)))
+        killer.start()
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute(statement, params)
+        killer.join()
+
+
 def rollup_until(url: str, until: datetime) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT waybill.rollup_hourly(%s)", (until,))
@@ -148,14 +160,7 @@ def test_kills_and_restarts_lose_nothing_and_count_nothing_twice(private_cluster
     elapsed = time.monotonic() - started
 
     # A rollup killed half-way changes nothing; the rerun finishes the work.
-    with psycopg.connect(url, autocommit=True) as victim, psycopg.connect(url, autocommit=True) as admin:
-        pid = victim.info.backend_pid
-        killer = threading.Timer(0.05, lambda: admin.execute(
-            "SELECT pg_terminate_backend(%s)", (pid,)))
-        killer.start()
-        with pytest.raises(psycopg.OperationalError):
-            victim.execute("SELECT waybill.recompute_usage_from_scratch(%s), pg_sleep(1)", (until,))
-        killer.join()
+    kill_half_way(url, "SELECT waybill.recompute_usage_from_scratch(%s), pg_sleep(1)", (until,))
     rollup_until(url, until)
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -193,14 +198,7 @@ def kill_and_rerun_billing(url: str, until: datetime) -> dict[str, Any]:
     """Bill this month (as if it had ended), killed half-way, then again twice."""
     period = until.date().replace(day=1)
     month_end = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
-    with psycopg.connect(url, autocommit=True) as victim, psycopg.connect(url, autocommit=True) as admin:
-        pid = victim.info.backend_pid
-        killer = threading.Timer(0.05, lambda: admin.execute(
-            "SELECT pg_terminate_backend(%s)", (pid,)))
-        killer.start()
-        with pytest.raises(psycopg.OperationalError):
-            victim.execute("SELECT waybill.bill_period(%s, %s), pg_sleep(1)", (period, month_end))
-        killer.join()
+    kill_half_way(url, "SELECT waybill.bill_period(%s, %s), pg_sleep(1)", (period, month_end))
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM waybill.billing_records WHERE period_start = %s",
                             (period,)).fetchone()[0] == 0, "a killed billing run left records"
