@@ -11,7 +11,7 @@ from litestar import Request, Response, Router, post
 from app.auth import require_internal_key
 from app.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from app.ingest.store import store_events
-from app.ingest.validate import EventRow, decode_batch, event_json_schema, parse_event
+from app.ingest.validate import EventRow, event_json_schema, parse_batch, parse_event
 from app.observability import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 from app.openapi import json_request_body
 
@@ -73,38 +73,27 @@ async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
     pool, settings = request.app.state.pool, request.app.state.settings
     body = await request.body()
     try:
-        raw_events = decode_batch(body)
+        parsed = parse_batch(body, now=datetime.now(UTC), max_age=settings.event_max_age,
+                             max_future=settings.event_max_future)
     except msgspec.ValidationError as exc:
         _reject("invalid")
         raise Unprocessable(f"the body must be {{\"events\": [...]}}: {exc}") from None
     except MALFORMED as exc:
         _reject("malformed")
         raise BadRequest(f"malformed JSON: {exc}") from None
-    if not raw_events:
+    if not parsed:
         _reject("empty_batch")
         raise Unprocessable("the batch holds no events")
-    if len(raw_events) > settings.max_batch_events:
-        _reject("batch_too_large", len(raw_events))
+    if len(parsed) > settings.max_batch_events:
+        _reject("batch_too_large", len(parsed))
         raise Unprocessable(
-            f"the batch holds {len(raw_events)} events; the limit is {settings.max_batch_events}"
+            f"the batch holds {len(parsed)} events; the limit is {settings.max_batch_events}"
         )
-    now = datetime.now(UTC)
-    rows: list[EventRow] = []
-    errors: list[dict[str, object]] = []
-    for index, raw in enumerate(raw_events):
-        try:
-            parsed = parse_event(raw, now=now, max_age=settings.event_max_age,
-                                 max_future=settings.event_max_future)
-        except MALFORMED as exc:
-            _reject("malformed", len(raw_events))
-            raise BadRequest(f"malformed JSON in event {index}: {exc}") from None
-        if isinstance(parsed, EventRow):
-            rows.append(parsed)
-        else:
-            errors.append({"index": index, "errors": parsed})
+    rows = [p for p in parsed if isinstance(p, EventRow)]
+    errors = [{"index": i, "errors": p} for i, p in enumerate(parsed) if not isinstance(p, EventRow)]
     if errors:
-        _reject("invalid", len(raw_events))
-        raise Unprocessable(f"{len(errors)} of {len(raw_events)} events are invalid; "
+        _reject("invalid", len(parsed))
+        raise Unprocessable(f"{len(errors)} of {len(parsed)} events are invalid; "
                             "nothing was stored", errors=errors)
     stored = await store_events(pool, rows)
     duplicates = sum(1 for s in stored if s.duplicate)

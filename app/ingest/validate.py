@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -54,7 +54,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     project_id: uuid.UUID
     resource_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     resource_id: ShortText
-    metrics: dict[str, msgspec.Raw]
+    metrics: dict[str, Any]  # numbers arrive as int or exact Decimal (float_hook)
     timestamp: datetime | None = None
     idempotency_key: ShortText | None = None
     metadata: dict[str, str] | None = None
@@ -63,6 +63,12 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[EventIn]
+
+
+class RawBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch whose events are decoded one by one, to report every bad one."""
+
     events: list[msgspec.Raw]
 
 
@@ -89,10 +95,14 @@ class EventRow(msgspec.Struct, frozen=True):
     resource_name: str | None
 
 
-_event_decoder = msgspec.json.Decoder(EventIn)
-_batch_decoder = msgspec.json.Decoder(BatchIn)
+# float_hook: a JSON number with a fraction or exponent becomes a Decimal read from
+# its own text, so 45.2 is exactly 45.2.
+_event_decoder = msgspec.json.Decoder(EventIn, float_hook=Decimal)
+_batch_decoder = msgspec.json.Decoder(BatchIn, float_hook=Decimal)
+_raw_batch_decoder = msgspec.json.Decoder(RawBatchIn)
 _encoder = msgspec.json.Encoder(decimal_format="number")
-_NUMBER_START = frozenset(b"-0123456789")
+# JSON can only carry a NUL character as this escape, so a body without it has none.
+_NUL_ESCAPE = b"\\u0000"
 
 
 def uuid7() -> str:
@@ -114,14 +124,10 @@ def _digest(payload: bytes) -> str:
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
 
-def _parse_metric(name: str, raw: msgspec.Raw, errors: list[str]) -> Decimal | None:
-    text = bytes(raw)
-    if not text or text[0] not in _NUMBER_START:
-        errors.append(f"metrics.{name}: must be a number")
-        return None
-    try:
-        value = Decimal(text.decode())
-    except InvalidOperation:
+def _check_metric(name: str, value: Any, errors: list[str]) -> Decimal | None:
+    if type(value) is int:  # bool is a subclass of int, and is refused below
+        value = Decimal(value)
+    elif type(value) is not Decimal:
         errors.append(f"metrics.{name}: must be a number")
         return None
     if not value.is_finite() or value >= MAX_METRIC:
@@ -144,11 +150,40 @@ def _has_nul(*texts: str | None) -> bool:
 def parse_event(
     raw: bytes | msgspec.Raw, *, now: datetime, max_age: timedelta, max_future: timedelta
 ) -> EventRow | list[str]:
-    """Validate one event; return the row to store or the reasons it is refused."""
+    """Decode and validate one event; return the row to store or the reasons it is refused."""
     try:
         event = _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         return [str(exc)]
+    return check_event(event, now=now, max_age=max_age, max_future=max_future,
+                       may_hold_nul=_NUL_ESCAPE in raw)
+
+
+def parse_batch(
+    body: bytes, *, now: datetime, max_age: timedelta, max_future: timedelta
+) -> list[EventRow | list[str]]:
+    """Decode and validate a batch body: per event, the row to store or its errors.
+
+    Raises msgspec.ValidationError when the body is not {"events": [...]}, and the
+    decode errors of malformed JSON. A batch that decodes as a whole (the common
+    case) is decoded in one call; otherwise each event is decoded on its own so
+    that every bad one is reported.
+    """
+    may_hold_nul = _NUL_ESCAPE in body
+    try:
+        events = _batch_decoder.decode(body).events
+    except msgspec.ValidationError:
+        return [parse_event(raw, now=now, max_age=max_age, max_future=max_future)
+                for raw in _raw_batch_decoder.decode(body).events]
+    return [check_event(event, now=now, max_age=max_age, max_future=max_future,
+                        may_hold_nul=may_hold_nul) for event in events]
+
+
+def check_event(
+    event: EventIn, *, now: datetime, max_age: timedelta, max_future: timedelta,
+    may_hold_nul: bool = True,
+) -> EventRow | list[str]:
+    """Validate one decoded event; return the row to store or the reasons it is refused."""
     errors: list[str] = []
     if event.event_type not in REQUIRED_METRICS:
         errors.append(
@@ -156,7 +191,7 @@ def parse_event(
         )
     metrics: dict[str, Decimal] = {}
     for name, value in event.metrics.items():
-        parsed = _parse_metric(name, value, errors)
+        parsed = _check_metric(name, value, errors)
         if parsed is not None:
             metrics[name] = parsed
     for name in REQUIRED_METRICS.get(event.event_type, ()):
@@ -181,10 +216,10 @@ def parse_event(
         metadata = msgspec.Raw(_encoder.encode(event.metadata))
         if len(metadata) > MAX_METADATA_BYTES:
             errors.append(f"metadata: larger than {MAX_METADATA_BYTES} bytes encoded")
-        if any(_has_nul(k, v) for k, v in event.metadata.items()):
+        if may_hold_nul and any(_has_nul(k, v) for k, v in event.metadata.items()):
             errors.append("metadata: strings may not contain NUL characters")
-    if _has_nul(event.resource_type, event.resource_id, event.idempotency_key,
-                event.resource_name, *event.metrics):
+    if may_hold_nul and _has_nul(event.event_type, event.resource_type, event.resource_id,
+                                 event.idempotency_key, event.resource_name, *event.metrics):
         errors.append("strings may not contain NUL characters")
     if errors:
         return errors
@@ -238,10 +273,5 @@ def event_json_schema() -> dict[str, Any]:
     properties["timestamp"] = {"type": "string", "format": "date-time",
                                "description": "RFC 3339 with an offset; default: receive time"}
     return schema
-
-
-def decode_batch(body: bytes) -> list[msgspec.Raw]:
-    """The raw events of a batch body; raises msgspec errors for a malformed one."""
-    return _batch_decoder.decode(body).events
 
 
