@@ -21,11 +21,11 @@ from app.observability import configure_logging
 
 log = logging.getLogger("waybill.cli")
 Command = Callable[[argparse.Namespace, Settings], int]
-COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] = {}
+Configure = Callable[[argparse.ArgumentParser], object]  # adds the command's arguments
+COMMANDS: dict[str, tuple[Command, Configure]] = {}
 
 
-def command(name: str, configure: Callable[[argparse.ArgumentParser], None] = lambda _: None
-            ) -> Callable[[Command], Command]:
+def command(name: str, configure: Configure = lambda _: None) -> Callable[[Command], Command]:
     def register(func: Command) -> Command:
         COMMANDS[name] = (func, configure)
         return func

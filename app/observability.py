@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Response, get
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -60,9 +61,10 @@ def request_logging(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: request id in and out, one log line and one histogram sample."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
+        method = scope["method"]
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         token = request_id_var.set(request_id)
@@ -82,11 +84,11 @@ def request_logging(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed = time.perf_counter() - started
             handler = scope.get("route_handler")
-            route = handler.paths and next(iter(handler.paths)) if handler else "unmatched"
-            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(elapsed)
+            route = next(iter(handler.paths), "unmatched") if handler else "unmatched"
+            REQUEST_SECONDS.labels(method, route, str(status)).observe(elapsed)
             if _access.isEnabledFor(logging.INFO):
                 _access.info("request", extra={"fields": {
-                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "method": method, "path": scope["path"], "status": status,
                     "ms": round(elapsed * 1000, 2)}})
             request_id_var.reset(token)
 

@@ -42,7 +42,9 @@ def to_schema(node: dict[str, Any] | bool) -> Schema | bool:
 
 def json_request_body(schema: dict[str, Any], description: str) -> type[Operation]:
     """An Operation class for @post(operation_class=...) that documents a JSON body."""
-    body = RequestBody(content={"application/json": OpenAPIMediaType(schema=to_schema(schema))},
+    root = to_schema(schema)
+    assert isinstance(root, Schema), "a request body schema is an object, not true/false"
+    body = RequestBody(content={"application/json": OpenAPIMediaType(schema=root)},
                        description=description, required=True)
 
     @dataclass

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, pool: AsyncConnectionPool | 
         app.state.writer = writer
         writer.start()
         # Stripe sync (issue #6): the outbox worker loop, only when Stripe is configured.
-        stripe_loop = start_stripe_sync(settings, the_pool.conninfo)
+        stripe_loop = start_stripe_sync(settings, str(the_pool.conninfo))
         try:
             yield
         finally:

@@ -123,13 +123,3 @@ def migrate(url: str, *, schedule: bool = True, event_retention_months: int = 13
     if schedule:
         report.schedule = apply_schedules(url)
     return report
-
-
-def schema_is_current(conn: psycopg.Connection[object]) -> bool:
-    """True when every migration on disk is recorded as applied in this database."""
-    on_disk = {p.stem for p in (SQL_DIR / "migrations").glob("*.sql")}
-    try:
-        rows = conn.execute("SELECT migration_id FROM _yoyo_migration").fetchall()
-    except psycopg.errors.UndefinedTable:
-        return False
-    return on_disk <= {r[0] for r in rows}

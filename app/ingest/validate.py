@@ -140,7 +140,8 @@ def _check_metric(name: str, value: Any, errors: list[str]) -> Decimal | None:
     if isinstance(exponent, int) and exponent < -MAX_METRIC_DECIMALS:
         errors.append(f"metrics.{name}: at most {MAX_METRIC_DECIMALS} decimal places")
         return None
-    return value + 0  # folds -0 into 0
+    normalized: Decimal = value + 0  # folds -0 into 0
+    return normalized
 
 
 def _has_nul(*texts: str | None) -> bool:
