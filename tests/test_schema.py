@@ -60,3 +60,27 @@ def test_no_function_has_accidental_overloads(db):
         SELECT p.proname, count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE n.nspname = 'waybill' GROUP BY 1 HAVING count(*) > 1""").fetchall()
     assert rows == []
+
+
+# Small tables looked up before the project is known: Citus reference tables.
+REFERENCE_TABLES = {"project_api_keys"}
+
+
+def test_unique_keys_of_project_tables_include_project_id(db):
+    """Each per-project table can be distributed by project_id (docs/scaling.md)."""
+    rows = db.execute("""
+        SELECT c.relname, ic.relname,
+               bool_or(a.attname = 'project_id') AS has_project
+          FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_class ic ON ic.oid = i.indexrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+         WHERE n.nspname = 'waybill' AND i.indisunique AND NOT c.relispartition
+           AND EXISTS (SELECT 1 FROM pg_attribute p WHERE p.attrelid = c.oid
+                        AND p.attname = 'project_id' AND NOT p.attisdropped)
+         GROUP BY 1, 2""").fetchall()
+    assert rows, "the catalog query found no unique keys"
+    missing = [(table, index) for table, index, has_project in rows
+               if not has_project and table not in REFERENCE_TABLES]
+    assert missing == []
