@@ -176,3 +176,13 @@ def test_usage_current_over_http(client, db):
         == [80]
     assert doc["total_so_far_cents"] == 2080
     assert doc["projected_total_cents"] >= doc["total_so_far_cents"]
+
+
+@pytest.mark.parametrize("limit", ["-173", "0", "121", "ten"])
+def test_invoice_limit_out_of_range_is_a_400_not_a_500(client, internal_headers, limit):
+    project = new_project()
+    assert client.post(f"/internal/projects/{project}/api-keys",
+                       headers=internal_headers).status_code == 201  # the project now exists
+    response = client.get(f"/api/v1/projects/{project}/invoices?limit={limit}",
+                          headers={"Authorization": f"Bearer {DASHBOARD_KEY}"})
+    assert response.status_code == 400, response.text

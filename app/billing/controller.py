@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Router, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app.auth import require_internal_key, require_project_reader
 from app.billing import queries
@@ -120,7 +120,7 @@ async def usage_current(request: Request[Any, Any, Any],
 @get("/{project_id:uuid}/invoices")
 async def list_invoices(
     request: Request[Any, Any, Any], project_id: FromPath[uuid.UUID],
-    limit: Annotated[FromQuery[int], Parameter(ge=1, le=120)] = 24,
+    limit: Annotated[int, QueryParameter(ge=1, le=120)] = 24,
 ) -> Invoices:
     """Billing records, newest first, with their lines, status and Stripe ids."""
     async with request.app.state.pool.connection() as conn:
