@@ -474,3 +474,12 @@ def test_sql_fragments_in_strings_are_stored_verbatim(client, db):
     row = db.execute("SELECT resource_id, idempotency_key, metadata FROM waybill.usage_events"
                      ).fetchone()
     assert row == (fragment, fragment, {fragment: fragment})
+
+
+def test_every_bad_event_of_a_batch_is_reported_even_with_nul_escapes(client, db):
+    events = [event(), event(resource_id="a\u0000b"), event(project_id="not-a-uuid"),
+              event(metadata={"k": "\u0000"})]
+    response = post(client, {"events": events}, "/internal/events/batch")
+    assert response.status_code == 422
+    assert [e["index"] for e in response.json()["errors"]] == [1, 2, 3]
+    assert count_events(db) == 0

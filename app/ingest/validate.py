@@ -157,7 +157,7 @@ def parse_event(
     except msgspec.ValidationError as exc:
         return [str(exc)]
     return check_event(event, now=now, max_age=max_age, max_future=max_future,
-                       may_hold_nul=_NUL_ESCAPE in raw)
+                       may_hold_nul=_NUL_ESCAPE in bytes(raw))
 
 
 def parse_batch(
