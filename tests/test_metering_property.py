@@ -120,7 +120,8 @@ def reset_derived(db: Any) -> None:
     """Forget every derived row and start after the events of earlier examples
     (usage_events is append-only; each example uses a fresh project)."""
     db.execute("""
-        DELETE FROM waybill.resource_states; DELETE FROM waybill.metering_anomalies;
+        DELETE FROM waybill.resource_states; DELETE FROM waybill.resource_levels;
+        DELETE FROM waybill.metering_anomalies;
         DELETE FROM waybill.point_usage; DELETE FROM waybill.hourly_usage;
         DELETE FROM waybill.daily_usage; DELETE FROM waybill.rollup_dirty_days;
         UPDATE waybill.rollup_state SET closed_until = NULL,

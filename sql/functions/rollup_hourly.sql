@@ -4,12 +4,15 @@
 -- computed, later hours wait for a later run. p_max_wait: how long to wait for
 -- transactions still writing events below the safe upper bound.
 -- Reads: usage_events with seq in (watermark, safe upper bound], plus the state
--- rows of the resources those events touch (docs/metering.md).
+-- rows of the resources those events touch, resource_levels and the state rows
+-- at or after the start of each window it computes (docs/metering.md).
 -- Output: jsonb summary {events, resources, dirty_days, watermark, closed_until,
 -- waited_for_writers, timings (milliseconds per step)}.
--- Side effects: resource_states, metering_anomalies, point_usage, hourly_usage,
--- rollup_dirty_days and rollup_state, all in the caller's transaction, so a run
--- that fails changes nothing. Concurrent runs serialize on an advisory lock.
+-- Side effects: resource_states, resource_levels, metering_anomalies,
+-- point_usage, hourly_usage, rollup_dirty_days and rollup_state, all in the
+-- caller's transaction, so a run that fails changes nothing. Into an empty
+-- resource_states (first run, recomputation) it drops and re-creates that
+-- table's indexes. Concurrent runs serialize on an advisory lock.
 -- Errors: 22023 when p_until is not an hour boundary; 25001 unless READ COMMITTED
 -- (each statement must see the events committed while the run waited for them);
 -- 55P03 when writers are still open after p_max_wait (nothing changed; retry).
@@ -28,6 +31,7 @@ DECLARE
     v_events     bigint;
     v_resources  bigint;
     v_cells      bigint;
+    v_bulk       boolean;
     v_mark       timestamptz := clock_timestamp();
     v_timings    jsonb := '{}';
 BEGIN
@@ -125,24 +129,29 @@ BEGIN
            seed.event_time AS seed_time, seed.seq AS seed_seq, seed.active AS seed_active,
            seed.replicas AS seed_replicas, seed.cpu_millicores AS seed_cpu,
            seed.memory_mb AS seed_memory, seed.size_gb AS seed_size, seed.value AS seed_value,
-           seed.valid_to AS seed_valid_to, last.event_time AS last_time
+           seed.valid_to AS seed_valid_to, last.event_time AS last_time, last.seq AS last_seq
       FROM (SELECT DISTINCT ON (n.project_id, n.kind, n.resource_type, n.resource_id)
                    n.project_id, n.kind, n.resource_type, n.resource_id,
                    n.event_time AS t0, n.seq AS s0
               FROM _m_new n WHERE n.kind IS NOT NULL
              ORDER BY n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq
            ) f
+      -- The resource's latest row, which is the seed when every new event
+      -- comes after it (the usual case: one index probe per resource).
       LEFT JOIN LATERAL (
             SELECT s.* FROM waybill.resource_states s
              WHERE s.project_id = f.project_id AND s.kind = f.kind
                AND s.resource_type = f.resource_type AND s.resource_id = f.resource_id
-               AND (s.event_time, s.seq) < (f.t0, f.s0)
-             ORDER BY s.event_time DESC, s.seq DESC LIMIT 1) seed ON true
+             ORDER BY s.event_time DESC, s.seq DESC LIMIT 1) last ON true
       LEFT JOIN LATERAL (
-            SELECT s.event_time FROM waybill.resource_states s
-             WHERE s.project_id = f.project_id AND s.kind = f.kind
-               AND s.resource_type = f.resource_type AND s.resource_id = f.resource_id
-             ORDER BY s.event_time DESC, s.seq DESC LIMIT 1) last ON true;
+            SELECT last.* WHERE (last.event_time, last.seq) < (f.t0, f.s0)
+            UNION ALL
+            (SELECT s.* FROM waybill.resource_states s
+              WHERE (last.event_time, last.seq) >= (f.t0, f.s0)
+                AND s.project_id = f.project_id AND s.kind = f.kind
+                AND s.resource_type = f.resource_type AND s.resource_id = f.resource_id
+                AND (s.event_time, s.seq) < (f.t0, f.s0)
+              ORDER BY s.event_time DESC, s.seq DESC LIMIT 1)) seed ON true;
     GET DIAGNOSTICS v_resources = ROW_COUNT;
     ANALYZE _m_res;
 
@@ -154,7 +163,7 @@ BEGIN
              WHERE s.project_id = r.project_id AND s.kind = r.kind
                AND s.resource_type = r.resource_type AND s.resource_id = r.resource_id
                AND (s.event_time, s.seq) >= (r.t0, r.s0)) s ON true
-     WHERE r.last_time IS NOT NULL;
+     WHERE (r.last_time, r.last_seq) >= (r.t0, r.s0);  -- else nothing stored is that late
 
     -- out_of_order: decided by seq alone, so it is found once, when the event arrives.
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
@@ -164,8 +173,8 @@ BEGIN
            format('event time %s is before %s, already received for this resource',
                   o.event_time, o.prior_max)
       FROM (SELECT n.*, greatest(r.last_time, max(n.event_time) OVER (
-                       PARTITION BY n.project_id, n.kind, n.resource_type, n.resource_id
-                       ORDER BY n.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS prior_max
+                       PARTITION BY n.project_id, n.kind COLLATE "C", n.resource_type COLLATE "C",
+                       n.resource_id COLLATE "C" ORDER BY n.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS prior_max
               FROM _m_new n JOIN _m_res r USING (project_id, kind, resource_type, resource_id)) o
      WHERE o.event_time < o.prior_max
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
@@ -176,7 +185,8 @@ BEGIN
     -- a modifier (scaled, resized) changes the fields it carries. A field's value
     -- is its last non-null value (nth_value at the position it was last set),
     -- which is never older than the last "on" reset, since an "on" carries every
-    -- field.
+    -- field. The partitions compare bytes (COLLATE "C"): equal keys are equal in
+    -- any deterministic collation, and the sort is much cheaper.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     WITH input AS (
         SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.seed_time AS event_time,
@@ -204,8 +214,8 @@ BEGIN
     ), numbered AS (
         SELECT i.*, (row_number() OVER w)::integer AS ord
           FROM input i
-        WINDOW w AS (PARTITION BY i.project_id, i.kind, i.resource_type, i.resource_id
-                     ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
+                     i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
     ), located AS (
         -- where each field was last set: one sort serves every window below
         SELECT i.*,
@@ -215,16 +225,16 @@ BEGIN
                max(CASE WHEN i.f_m IS NOT NULL THEN i.ord END) OVER w AS p_m,
                max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
           FROM numbered i
-        WINDOW w AS (PARTITION BY i.project_id, i.kind, i.resource_type, i.resource_id
-                     ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
+                     i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
     ), carried AS (
         SELECT c.*,
                coalesce(nth_value(c.reset, c.p_reset) OVER w = 'on', false) AS active,
                nth_value(c.f_r, c.p_r) OVER w AS s_r, nth_value(c.f_c, c.p_c) OVER w AS s_c,
                nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
           FROM located c
-        WINDOW w AS (PARTITION BY c.project_id, c.kind, c.resource_type, c.resource_id
-                     ORDER BY c.event_time, c.seq)
+        WINDOW w AS (PARTITION BY c.project_id, c.kind COLLATE "C", c.resource_type COLLATE "C",
+                     c.resource_id COLLATE "C" ORDER BY c.event_time, c.seq)
     )
     , valued AS (
     SELECT k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
@@ -247,8 +257,8 @@ BEGIN
            coalesce(lead(v.event_time) OVER w, 'infinity') AS valid_to,
            coalesce(lag(v.active) OVER w, false) AS prev_active
       FROM valued v
-    WINDOW w AS (PARTITION BY v.project_id, v.kind, v.resource_type, v.resource_id
-                 ORDER BY v.event_time, v.seq);
+    WINDOW w AS (PARTITION BY v.project_id, v.kind COLLATE "C", v.resource_type COLLATE "C",
+                 v.resource_id COLLATE "C" ORDER BY v.event_time, v.seq);
     ANALYZE _m_rows;
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
@@ -279,7 +289,18 @@ BEGIN
      WHERE c.valid_to > c.event_time AND v_state.closed_until IS NOT NULL
      GROUP BY c.project_id, c.kind, c.resource_type, c.resource_id;
 
-    -- 7. Write the replayed state and re-derive its anomalies.
+    -- 7. Write the replayed state and re-derive its anomalies. Into an empty
+    -- resource_states (the first run, a recomputation) the rows are written
+    -- without indexes, which are then built in one sort each: the same
+    -- definitions as migrations 0100 and 0102.
+    v_bulk := NOT EXISTS (SELECT 1 FROM waybill.resource_states);
+    IF v_bulk THEN
+        PERFORM set_config('maintenance_work_mem', '256MB', true)
+         WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('256MB');
+        DROP INDEX waybill.resource_states_event_time_idx;
+        DROP INDEX waybill.resource_states_project_event_time_idx;
+        ALTER TABLE waybill.resource_states DROP CONSTRAINT resource_states_pkey;
+    END IF;
     DELETE FROM waybill.metering_anomalies a
      USING _m_old o WHERE a.seq = o.seq AND a.anomaly <> 'out_of_order';
     DELETE FROM waybill.resource_states s
@@ -298,6 +319,25 @@ BEGIN
            w.event_type, w.in_r, w.in_c, w.in_m, w.in_s, w.active, w.replicas, w.cpu_millicores,
            w.memory_mb, w.size_gb, w.value, w.value_delta, w.valid_to
       FROM _m_rows w WHERE NOT w.is_seed;
+    IF v_bulk THEN
+        ALTER TABLE waybill.resource_states ADD CONSTRAINT resource_states_pkey
+            PRIMARY KEY (project_id, kind, resource_type, resource_id, event_time, seq);
+        CREATE INDEX resource_states_event_time_idx ON waybill.resource_states (event_time);
+        CREATE INDEX resource_states_project_event_time_idx
+            ON waybill.resource_states (project_id, event_time);
+        ANALYZE waybill.resource_states;
+    END IF;
+    -- resource_levels = the sum of value_delta per project and kind, by delta:
+    -- the replayed rows replace the old ones (a seed keeps its value_delta).
+    INSERT INTO waybill.resource_levels AS l (project_id, kind, level)
+    SELECT x.project_id, x.kind, sum(x.d)
+      FROM (SELECT w.project_id, w.kind, w.value_delta AS d FROM _m_rows w WHERE NOT w.is_seed
+            UNION ALL
+            SELECT o.project_id, o.kind, -o.value_delta FROM _m_old o) x
+     GROUP BY x.project_id, x.kind
+    ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE
+       SET level = l.level + excluded.level
+     WHERE excluded.level <> 0;
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
                                             resource_id, event_type, event_time, detail)
     SELECT w.seq, a.anomaly, w.project_id, w.kind, w.resource_type, w.resource_id,
@@ -350,23 +390,38 @@ BEGIN
         SELECT c.project_id, min(c.hour) AS lo, max(c.hour) + interval '1 hour' AS hi
           FROM _m_cells c GROUP BY c.project_id
     ), deltas AS (
-        SELECT s.project_id, s.kind, v_from AS lo, v_to AS hi, v_from AS t, s.value AS delta
+        -- New hours. The level at v_from: resource_levels (every resource's
+        -- current value) minus the changes at or after v_from. The first run
+        -- starts before every event, at level 0.
+        SELECT l.project_id, l.kind, v_from AS lo, v_to AS hi, v_from AS t, l.level AS delta
+          FROM waybill.resource_levels l
+         WHERE v_to > v_from AND v_state.closed_until IS NOT NULL AND l.level <> 0
+        UNION ALL
+        SELECT s.project_id, s.kind, v_from, v_to, v_from, -s.value_delta
           FROM waybill.resource_states s
-         WHERE v_to > v_from AND s.valid_to >= v_from AND s.event_time < v_from AND s.value > 0
+         WHERE v_to > v_from AND v_state.closed_until IS NOT NULL AND s.event_time >= v_from
+           AND s.value_delta <> 0
         UNION ALL
         SELECT s.project_id, s.kind, v_from, v_to, s.event_time, s.value_delta
           FROM waybill.resource_states s
          WHERE v_to > v_from AND s.event_time >= v_from AND s.event_time < v_to
            AND s.value_delta <> 0
         UNION ALL
-        SELECT s.project_id, s.kind, w.lo, w.hi,
-               CASE WHEN s.event_time < w.lo THEN w.lo ELSE s.event_time END,
-               CASE WHEN s.event_time < w.lo THEN s.value ELSE s.value_delta END
+        -- Dirty windows, the same way within one project.
+        SELECT l.project_id, l.kind, w.lo, w.hi, w.lo, l.level
           FROM windows w
-          JOIN LATERAL (
-                SELECT * FROM waybill.resource_states s
-                 WHERE s.project_id = w.project_id AND s.valid_to >= w.lo AND s.event_time < w.hi
-               ) s ON s.event_time >= w.lo OR s.value > 0
+          JOIN waybill.resource_levels l ON l.project_id = w.project_id AND l.level <> 0
+        UNION ALL
+        SELECT s.project_id, s.kind, w.lo, w.hi, w.lo, -s.value_delta
+          FROM windows w
+          JOIN waybill.resource_states s
+            ON s.project_id = w.project_id AND s.event_time >= w.lo AND s.value_delta <> 0
+        UNION ALL
+        SELECT s.project_id, s.kind, w.lo, w.hi, s.event_time, s.value_delta
+          FROM windows w
+          JOIN waybill.resource_states s
+            ON s.project_id = w.project_id AND s.event_time >= w.lo AND s.event_time < w.hi
+           AND s.value_delta <> 0
     ), points AS (
         -- one step function per project, the three kinds side by side
         SELECT d.project_id, d.lo, d.hi, d.t,
@@ -398,6 +453,7 @@ BEGIN
      WHERE p.hour >= v_from
         OR EXISTS (SELECT 1 FROM _m_cells c WHERE c.project_id = p.project_id AND c.hour = p.hour)
      GROUP BY p.project_id, p.hour;
+    ANALYZE _m_tw;
 
     CREATE TEMP TABLE _m_result ON COMMIT DROP AS
     SELECT k.project_id, k.hour,
@@ -413,7 +469,15 @@ BEGIN
             SELECT p.project_id, p.hour FROM waybill.point_usage p
              WHERE p.hour >= v_from AND p.hour < v_to) k
       LEFT JOIN _m_tw t ON t.project_id = k.project_id AND t.hour = k.hour
-      LEFT JOIN waybill.point_usage pu ON pu.project_id = k.project_id AND pu.hour = k.hour;
+      -- point usage of those cells: the new hours by hour, dirty cells by key
+      -- (never a scan of all of point_usage)
+      LEFT JOIN (SELECT p.project_id, p.hour, p.build_seconds, p.bandwidth_gb
+                   FROM waybill.point_usage p WHERE p.hour >= v_from AND p.hour < v_to
+                 UNION ALL
+                 SELECT p.project_id, p.hour, p.build_seconds, p.bandwidth_gb
+                   FROM _m_cells c
+                   JOIN waybill.point_usage p ON p.project_id = c.project_id AND p.hour = c.hour
+                  WHERE c.hour < v_from) pu ON pu.project_id = k.project_id AND pu.hour = k.hour;
     v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
