@@ -96,12 +96,26 @@ def api_process(database_url: str, **env: str) -> Iterator[tuple[subprocess.Pope
         stop_api(process)
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
 def peak_rss_mb(pid: int) -> float:
-    """High-water resident memory of a running process (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """High-water resident memory (VmHWM) of a process and all its children, in MB.
+
+    With API_WORKERS > 1 the API is several processes; their peaks are summed,
+    an upper bound of what they held at once.
+    """
+    total = 0.0
+    for process in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def record(name: str, results: dict[str, Any], summary: str) -> None:
