@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 
-from bench.common import api_process, fresh_database, record
+from bench.common import api_process, fresh_database, record, run_wrk
 
 PROJECTS = int(os.environ.get("BENCH_BILLING_PROJECTS", "10000"))
 ESTIMATES = int(os.environ.get("BENCH_ESTIMATES", "3000"))
@@ -169,23 +165,8 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def wrk_load(base: str) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(WRK_SCRIPT.replace("%BODY%", ESTIMATE_BODY.decode()))
-    output = subprocess.run(
-        ["wrk", "-t2", "-c8", f"-d{WRK_SECONDS}s", "--latency", "-s", handle.name,
-         f"{base}/api/v1/estimate"], capture_output=True, text=True, check=True).stdout
-    Path(handle.name).unlink()
-
-    def latency(label: str) -> float:
-        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        assert match, output
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return {"requests_per_s": float(rps.group(1)) if rps else 0.0, "p50_ms": latency("50"),
-            "p99_ms": latency("99"), "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
+    script = WRK_SCRIPT.replace("%BODY%", ESTIMATE_BODY.decode())
+    return run_wrk(f"{base}/api/v1/estimate", script, connections=8, seconds=WRK_SECONDS)
 
 
 def run() -> None:

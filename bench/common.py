@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,6 +118,29 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def run_wrk(url: str, script: str, *, connections: int, seconds: int) -> dict[str, float]:
+    """Load `url` with wrk and the given Lua script; requests/s, p50/p99 (ms), non-2xx."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        output = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name,
+             url], capture_output=True, text=True, check=True).stdout
+    finally:
+        Path(handle.name).unlink()
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        assert match, output
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return {"requests_per_s": float(rps.group(1)) if rps else 0.0, "p50_ms": latency("50"),
+            "p99_ms": latency("99"), "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
 
 
 def record(name: str, results: dict[str, Any], summary: str) -> None:

@@ -16,19 +16,15 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 
-from bench.common import api_process, fresh_database, peak_rss_mb, record
+from bench.common import api_process, fresh_database, peak_rss_mb, record, run_wrk
 
 PRELOAD = int(os.environ.get("BENCH_PRELOAD", "5000000"))
 BATCHES = int(os.environ.get("BENCH_BATCHES", "200"))
@@ -182,23 +178,7 @@ def single_events(base: str) -> dict[str, float]:
     """wrk: single-event POSTs, each a new event; requests/s, p50, p99 (ms), non-2xx."""
     script = (WRK_SCRIPT.replace("%PROJECT%", str(PROJECTS[0])).replace("%KEY%", KEY)
               .replace("%RUN%", uuid.uuid4().hex[:8]).replace("%%", "%"))
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script)
-    output = subprocess.run(
-        ["wrk", "-t2", f"-c{SINGLE_CONNECTIONS}", f"-d{SINGLE_SECONDS}s", "--latency",
-         "-s", handle.name, base], capture_output=True, text=True, check=True).stdout
-    Path(handle.name).unlink()
-
-    def latency(label: str) -> float:
-        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        assert match, output
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return {"requests_per_s": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
-            "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
+    return run_wrk(base, script, connections=SINGLE_CONNECTIONS, seconds=SINGLE_SECONDS)
 
 
 def run() -> None:
