@@ -18,12 +18,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_month date := date_trunc('month', p_effective_at AT TIME ZONE 'UTC')::date;
 BEGIN
-    IF p_plan_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM waybill.pricing_plans pl WHERE pl.plan_id = p_plan_id) THEN
-        RAISE EXCEPTION 'unknown plan %', p_plan_id USING ERRCODE = 'WB422',
-            DETAIL = json_build_object('known_plans',
-                (SELECT json_agg(pl.plan_id ORDER BY pl.sort_order) FROM waybill.pricing_plans pl))::text;
-    END IF;
+    PERFORM waybill.require_known_plan(p_plan_id);
     PERFORM pg_advisory_xact_lock(hashtext('waybill.subscription'), hashtext(p_project_id::text));
     IF EXISTS (SELECT 1 FROM waybill.billing_records r
                 WHERE r.period_start >= v_month AND r.status <> 'draft') THEN

@@ -25,12 +25,7 @@ DECLARE
     v_month   date := date_trunc('month', p_month)::date;
     v_seconds numeric := extract(epoch FROM (v_month + interval '1 month') - v_month);
 BEGIN
-    IF p_plan_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM waybill.pricing_plans pl WHERE pl.plan_id = p_plan_id) THEN
-        RAISE EXCEPTION 'unknown plan %', p_plan_id USING ERRCODE = 'WB422',
-            DETAIL = json_build_object('known_plans',
-                (SELECT json_agg(pl.plan_id ORDER BY pl.sort_order) FROM waybill.pricing_plans pl))::text;
-    END IF;
+    PERFORM waybill.require_known_plan(p_plan_id);
     IF p_hours < 0 OR p_hours * 3600 > v_seconds THEN
         RAISE EXCEPTION 'hours must be between 0 and %, the hours in %', v_seconds / 3600,
             to_char(v_month, 'YYYY-MM') USING ERRCODE = 'WB422';
