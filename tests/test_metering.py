@@ -290,8 +290,8 @@ def test_run_killed_half_way_leaves_nothing_and_the_next_run_is_exact(db_url, db
         db.execute("SELECT pg_terminate_backend(%s)", (pid[0],))
         thread.join(10)
     assert errors
-    assert db.execute("SELECT count(*) FROM waybill.resource_states").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM waybill.point_usage").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM waybill.resource_current").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM waybill.open_usage").fetchone()[0] == 0
     rollup(db, "2026-03-03 12:00")
     assert hourly(db, project) == {at("2026-03-03 10:00"): 2400, at("2026-03-03 11:00"): 3600}
     from_scratch_equals_incremental(db, "2026-03-03 12:00")

@@ -120,9 +120,9 @@ def reset_derived(db: Any) -> None:
     """Forget every derived row and start after the events of earlier examples
     (usage_events is append-only; each example uses a fresh project)."""
     db.execute("""
-        DELETE FROM waybill.resource_states; DELETE FROM waybill.resource_levels;
-        DELETE FROM waybill.metering_anomalies;
-        DELETE FROM waybill.point_usage; DELETE FROM waybill.hourly_usage;
+        DELETE FROM waybill.resource_current; DELETE FROM waybill.resource_levels;
+        DELETE FROM waybill.metering_anomalies; DELETE FROM waybill.open_usage;
+        DELETE FROM waybill.domain_steps; DELETE FROM waybill.hourly_usage;
         DELETE FROM waybill.daily_usage; DELETE FROM waybill.rollup_dirty_days;
         UPDATE waybill.rollup_state SET closed_until = NULL,
             watermark = (SELECT coalesce(max(seq), 0) FROM waybill.usage_events)""")

@@ -3,9 +3,9 @@
 --
 -- Input: p_until, an hour boundary: hours before it are computed (days too,
 -- when all their hours are). Output: jsonb {hourly, daily}.
--- Side effects: empties resource_states, resource_levels, metering_anomalies,
--- point_usage, hourly_usage, daily_usage, rollup_dirty_days; resets the watermark; reruns
--- the rollups. Holds the rollup lock throughout, so readers in other
+-- Side effects: empties resource_current, resource_levels, open_usage,
+-- domain_steps, metering_anomalies, hourly_usage, daily_usage and
+-- rollup_dirty_days; resets the watermark; reruns the rollups. Holds the rollup lock throughout, so readers in other
 -- transactions see the old usage until it commits. Errors: as rollup_hourly.
 CREATE OR REPLACE FUNCTION waybill.recompute_usage_from_scratch(p_until timestamptz)
 RETURNS jsonb
@@ -14,10 +14,11 @@ DECLARE
     v_hourly jsonb;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'));
-    DELETE FROM waybill.resource_states;
+    DELETE FROM waybill.resource_current;
     DELETE FROM waybill.resource_levels;
+    DELETE FROM waybill.open_usage;
+    DELETE FROM waybill.domain_steps;
     DELETE FROM waybill.metering_anomalies;
-    DELETE FROM waybill.point_usage;
     DELETE FROM waybill.hourly_usage;
     DELETE FROM waybill.daily_usage;
     DELETE FROM waybill.rollup_dirty_days;

@@ -3,16 +3,16 @@
 -- Inputs: p_until, an hour boundary (UTC): hours before it are closed and get
 -- computed, later hours wait for a later run. p_max_wait: how long to wait for
 -- transactions still writing events below the safe upper bound.
--- Reads: usage_events with seq in (watermark, safe upper bound], plus the state
--- rows of the resources those events touch, resource_levels and the state rows
--- at or after the start of each window it computes (docs/metering.md).
+-- Reads: usage_events with seq in (watermark, safe upper bound]; for a resource
+-- whose new events come before its latest applied one (late), its own events
+-- from its last reset on (usage_events_resource_idx); resource_current,
+-- resource_levels, open_usage and domain_steps (docs/metering.md).
 -- Output: jsonb summary {events, resources, dirty_days, watermark, closed_until,
 -- waited_for_writers, timings (milliseconds per step)}.
--- Side effects: resource_states, resource_levels, metering_anomalies,
--- point_usage, hourly_usage, rollup_dirty_days and rollup_state, all in the
--- caller's transaction, so a run that fails changes nothing. Into an empty
--- resource_states (first run, recomputation) it drops and re-creates that
--- table's indexes. Concurrent runs serialize on an advisory lock.
+-- Side effects: resource_current, resource_levels, open_usage, domain_steps,
+-- metering_anomalies, hourly_usage, rollup_dirty_days and rollup_state, all in
+-- the caller's transaction, so a run that fails changes nothing. Concurrent
+-- runs serialize on an advisory lock.
 -- Errors: 22023 when p_until is not an hour boundary; 25001 unless READ COMMITTED
 -- (each statement must see the events committed while the run waited for them);
 -- 55P03 when writers are still open after p_max_wait (nothing changed; retry).
@@ -31,7 +31,6 @@ DECLARE
     v_events     bigint;
     v_resources  bigint;
     v_cells      bigint;
-    v_bulk       boolean;
     v_mark       timestamptz := clock_timestamp();
     v_timings    jsonb := '{}';
 BEGIN
@@ -86,135 +85,122 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    DROP TABLE IF EXISTS pg_temp._m_new, pg_temp._m_res, pg_temp._m_old, pg_temp._m_rows,
-        pg_temp._m_dirty, pg_temp._m_cells, pg_temp._m_tw, pg_temp._m_result;
+    DROP TABLE IF EXISTS pg_temp._m_new, pg_temp._m_points, pg_temp._m_res, pg_temp._m_late,
+        pg_temp._m_rows, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win,
+        pg_temp._m_cells, pg_temp._m_result;
 
-    -- 1. The new events.
+    -- 1. The new events: time-weighted ones as they are, point usage summed per
+    -- project and hour (each lands once: the watermark moves in this transaction).
     CREATE TEMP TABLE _m_new ON COMMIT DROP AS
-    SELECT e.seq, e.project_id, e.event_type, e.resource_type, e.resource_id, e.event_time,
-           e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb, e.quantity,
-           CASE
-               WHEN e.event_type IN ('deployment.started', 'deployment.scaled',
-                                     'deployment.stopped', 'compute.snapshot') THEN 'compute'
-               WHEN e.event_type IN ('volume.created', 'volume.resized', 'volume.deleted')
-                   THEN 'volume'
-               WHEN e.event_type IN ('domain.added', 'domain.removed') THEN 'domain'
-           END AS kind
+    SELECT e.seq, e.project_id, waybill.metering_kind(e.event_type) AS kind, e.resource_type,
+           e.resource_id, e.event_time, e.event_type, e.replicas, e.cpu_millicores, e.memory_mb,
+           e.size_gb
       FROM waybill.usage_events e
-     WHERE e.seq > v_state.watermark AND e.seq <= v_hi;
+     WHERE e.seq > v_state.watermark AND e.seq <= v_hi
+       AND waybill.metering_kind(e.event_type) IS NOT NULL;
     GET DIAGNOSTICS v_events = ROW_COUNT;
     ANALYZE _m_new;
+    CREATE TEMP TABLE _m_points ON COMMIT DROP AS
+    SELECT e.project_id, date_trunc('hour', e.event_time, 'UTC') AS hour,
+           coalesce(sum(e.quantity) FILTER (WHERE e.event_type IN ('build.completed', 'build.failed')), 0)
+               AS build_seconds,
+           coalesce(sum(e.quantity) FILTER (WHERE e.event_type = 'bandwidth.usage'), 0) AS bandwidth_gb,
+           count(*) AS events
+      FROM waybill.usage_events e
+     WHERE e.seq > v_state.watermark AND e.seq <= v_hi
+       AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
+     GROUP BY 1, 2;
+    v_events := v_events + (SELECT coalesce(sum(p.events), 0) FROM _m_points p);
+
+    -- The hours this run closes: [v_from, v_to). The first run starts at the
+    -- earliest event.
+    v_from := coalesce(v_state.closed_until, date_trunc('hour', least(
+        (SELECT min(n.event_time) FROM _m_new n), (SELECT min(p.hour) FROM _m_points p), p_until),
+        'UTC'));
+    v_to := greatest(p_until, v_from);
     v_timings := v_timings || jsonb_build_object('read_events_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 2. Point usage, by delta: each event lands once because the watermark moves
-    -- in this same transaction.
-    INSERT INTO waybill.point_usage AS p (project_id, hour, build_seconds, bandwidth_gb)
-    SELECT n.project_id, date_trunc('hour', n.event_time, 'UTC'),
-           coalesce(sum(n.quantity) FILTER (WHERE n.event_type IN ('build.completed', 'build.failed')), 0),
-           coalesce(sum(n.quantity) FILTER (WHERE n.event_type = 'bandwidth.usage'), 0)
-      FROM _m_new n
-     WHERE n.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
-     GROUP BY 1, 2
-    ON CONFLICT ON CONSTRAINT point_usage_pkey DO UPDATE
-       SET build_seconds = p.build_seconds + excluded.build_seconds,
-           bandwidth_gb = p.bandwidth_gb + excluded.bandwidth_gb;
-    v_timings := v_timings || jsonb_build_object('point_usage_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
-    v_mark := clock_timestamp();
-
-    -- 3. Touched resources: the earliest new event (t0, s0) of each, and the
-    -- state row just before it (the seed the replay starts from).
+    -- 2. Touched resources. A resource is late when its earliest new event t0
+    -- comes before its latest applied event (new seqs are higher, so a tie is
+    -- in order). In order, its current state is the seed; late, it is replayed
+    -- from usage_events, from its last applied reset at or before t0 (after a
+    -- reset the state no longer depends on what came before), or from its
+    -- first event.
     CREATE TEMP TABLE _m_res ON COMMIT DROP AS
-    SELECT f.project_id, f.kind, f.resource_type, f.resource_id, f.t0, f.s0,
-           seed.event_time AS seed_time, seed.seq AS seed_seq, seed.active AS seed_active,
-           seed.replicas AS seed_replicas, seed.cpu_millicores AS seed_cpu,
-           seed.memory_mb AS seed_memory, seed.size_gb AS seed_size, seed.value AS seed_value,
-           seed.valid_to AS seed_valid_to, last.event_time AS last_time, last.seq AS last_seq
-      FROM (SELECT DISTINCT ON (n.project_id, n.kind, n.resource_type, n.resource_id)
-                   n.project_id, n.kind, n.resource_type, n.resource_id,
-                   n.event_time AS t0, n.seq AS s0
-              FROM _m_new n WHERE n.kind IS NOT NULL
-             ORDER BY n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq
-           ) f
-      -- The resource's latest row, which is the seed when every new event
-      -- comes after it (the usual case: one index probe per resource).
-      LEFT JOIN LATERAL (
-            SELECT s.* FROM waybill.resource_states s
-             WHERE s.project_id = f.project_id AND s.kind = f.kind
-               AND s.resource_type = f.resource_type AND s.resource_id = f.resource_id
-             ORDER BY s.event_time DESC, s.seq DESC LIMIT 1) last ON true
-      LEFT JOIN LATERAL (
-            SELECT last.* WHERE (last.event_time, last.seq) < (f.t0, f.s0)
-            UNION ALL
-            (SELECT s.* FROM waybill.resource_states s
-              WHERE (last.event_time, last.seq) >= (f.t0, f.s0)
-                AND s.project_id = f.project_id AND s.kind = f.kind
-                AND s.resource_type = f.resource_type AND s.resource_id = f.resource_id
-                AND (s.event_time, s.seq) < (f.t0, f.s0)
-              ORDER BY s.event_time DESC, s.seq DESC LIMIT 1)) seed ON true;
+    SELECT f.project_id, f.kind, f.resource_type, f.resource_id, f.t0,
+           c.event_time AS seed_time, c.seq AS seed_seq, c.active AS seed_active,
+           c.replicas AS seed_replicas, c.cpu_millicores AS seed_cpu, c.memory_mb AS seed_memory,
+           c.size_gb AS seed_size, f.t0 < c.event_time AS late
+      FROM (SELECT n.project_id, n.kind, n.resource_type, n.resource_id, min(n.event_time) AS t0
+              FROM _m_new n GROUP BY 1, 2, 3, 4) f
+      LEFT JOIN waybill.resource_current c
+        ON c.project_id = f.project_id AND c.kind = f.kind AND c.resource_type = f.resource_type
+       AND c.resource_id = f.resource_id;
     GET DIAGNOSTICS v_resources = ROW_COUNT;
-    ANALYZE _m_res;
+    CREATE TEMP TABLE _m_late ON COMMIT DROP AS
+    SELECT r.project_id, r.kind, r.resource_type, r.resource_id, a.event_time AS anchor_time,
+           a.seq AS anchor_seq
+      FROM _m_res r
+      LEFT JOIN LATERAL (
+            SELECT e.event_time, e.seq FROM waybill.usage_events e
+             WHERE e.project_id = r.project_id AND e.resource_type = r.resource_type
+               AND e.resource_id = r.resource_id
+               AND e.event_type IN ('deployment.started', 'compute.snapshot', 'volume.created',
+                                    'domain.added', 'deployment.stopped', 'volume.deleted',
+                                    'domain.removed')
+               AND waybill.metering_kind(e.event_type) = r.kind
+               AND e.event_time <= r.t0 AND e.seq <= v_state.watermark
+             ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true
+     WHERE r.late;
 
-    -- 4. The rows to replay: the stored rows from (t0, s0) on.
-    CREATE TEMP TABLE _m_old ON COMMIT DROP AS
-    SELECT s.* FROM _m_res r
-      JOIN LATERAL (
-            SELECT * FROM waybill.resource_states s
-             WHERE s.project_id = r.project_id AND s.kind = r.kind
-               AND s.resource_type = r.resource_type AND s.resource_id = r.resource_id
-               AND (s.event_time, s.seq) >= (r.t0, r.s0)) s ON true
-     WHERE (r.last_time, r.last_seq) >= (r.t0, r.s0);  -- else nothing stored is that late
-
-    -- out_of_order: decided by seq alone, so it is found once, when the event arrives.
-    INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
-                                            resource_id, event_type, event_time, detail)
-    SELECT o.seq, 'out_of_order', o.project_id, o.kind, o.resource_type, o.resource_id,
-           o.event_type, o.event_time,
-           format('event time %s is before %s, already received for this resource',
-                  o.event_time, o.prior_max)
-      FROM (SELECT n.*, greatest(r.last_time, max(n.event_time) OVER (
-                       PARTITION BY n.project_id, n.kind COLLATE "C", n.resource_type COLLATE "C",
-                       n.resource_id COLLATE "C" ORDER BY n.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS prior_max
-              FROM _m_new n JOIN _m_res r USING (project_id, kind, resource_type, resource_id)) o
-     WHERE o.event_time < o.prior_max
-    ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
-
-    -- 5. Replay: seed + old rows + new events, state by window functions (one pass
-    -- over every touched resource at once). A "reset" sets the whole state (start,
-    -- snapshot, create, add: on; stop, delete, remove: off; the seed: its state);
-    -- a modifier (scaled, resized) changes the fields it carries. A field's value
-    -- is its last non-null value (nth_value at the position it was last set),
-    -- which is never older than the last "on" reset, since an "on" carries every
-    -- field. The partitions compare bytes (COLLATE "C"): equal keys are equal in
-    -- any deterministic collation, and the sort is much cheaper.
+    -- 3. Replay: per resource, its state after each event in (event_time, seq)
+    -- order. Late resources are replayed twice, with the old events alone and
+    -- with all of them (`old` marks the first); the difference is what changes.
+    -- A "reset" sets the whole state (a seed or an anchor is one); a modifier
+    -- (scaled, resized) changes the fields it carries. A field's value is its
+    -- last non-null value (nth_value at the position it was last set), never
+    -- older than the last "on" reset, since an "on" carries every field. The
+    -- partitions compare bytes (COLLATE "C"): equal keys are equal in any
+    -- deterministic collation, and the sort is much cheaper.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     WITH input AS (
-        SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.seed_time AS event_time,
-               r.seed_seq AS seq, NULL::waybill.event_type AS event_type, true AS is_seed,
-               CASE WHEN r.seed_active THEN 'on' ELSE 'off' END AS reset,
-               r.seed_replicas AS f_r, r.seed_cpu AS f_c, r.seed_memory AS f_m, r.seed_size AS f_s,
-               NULL::numeric AS in_r, NULL::numeric AS in_c, NULL::numeric AS in_m, NULL::numeric AS in_s
-          FROM _m_res r WHERE r.seed_time IS NOT NULL
+        SELECT false AS old, r.project_id, r.kind, r.resource_type, r.resource_id,
+               r.seed_time AS event_time, r.seed_seq AS seq, NULL::waybill.event_type AS event_type,
+               true AS is_seed, CASE WHEN r.seed_active THEN 'on' ELSE 'off' END AS reset,
+               r.seed_replicas AS f_r, r.seed_cpu AS f_c, r.seed_memory AS f_m, r.seed_size AS f_s
+          FROM _m_res r WHERE r.seed_time IS NOT NULL AND NOT r.late
         UNION ALL
-        SELECT x.project_id, x.kind, x.resource_type, x.resource_id, x.event_time, x.seq,
-               x.event_type, false,
-               CASE WHEN x.event_type IN ('deployment.started', 'compute.snapshot',
-                                          'volume.created', 'domain.added') THEN 'on'
-                    WHEN x.event_type IN ('deployment.stopped', 'volume.deleted',
-                                          'domain.removed') THEN 'off' END,
-               x.in_r, x.in_c, x.in_m, x.in_s, x.in_r, x.in_c, x.in_m, x.in_s
-          FROM (SELECT o.project_id, o.kind, o.resource_type, o.resource_id, o.event_time, o.seq,
-                       o.event_type, o.in_replicas AS in_r, o.in_cpu AS in_c,
-                       o.in_memory_mb AS in_m, o.in_size_gb AS in_s
-                  FROM _m_old o
-                UNION ALL
-                SELECT n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq,
-                       n.event_type, n.replicas, n.cpu_millicores, n.memory_mb, n.size_gb
-                  FROM _m_new n WHERE n.kind IS NOT NULL) x
+        SELECT false, n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq,
+               n.event_type, false, waybill.metering_reset(n.event_type),
+               n.replicas, n.cpu_millicores, n.memory_mb, n.size_gb
+          FROM _m_new n
+         WHERE NOT EXISTS (SELECT 1 FROM _m_late l
+                            WHERE l.project_id = n.project_id AND l.kind = n.kind
+                              AND l.resource_type = n.resource_type AND l.resource_id = n.resource_id)
+        UNION ALL
+        SELECT v.old, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time, e.seq,
+               e.event_type, (e.event_time, e.seq) IS NOT DISTINCT FROM (l.anchor_time, l.anchor_seq),
+               waybill.metering_reset(e.event_type),
+               e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb
+          FROM _m_late l
+          JOIN LATERAL (
+                SELECT * FROM waybill.usage_events e
+                 WHERE e.project_id = l.project_id AND e.resource_type = l.resource_type
+                   AND e.resource_id = l.resource_id
+                   AND e.event_type IN ('deployment.started', 'deployment.scaled',
+                                        'deployment.stopped', 'compute.snapshot',
+                                        'volume.created', 'volume.resized', 'volume.deleted',
+                                        'domain.added', 'domain.removed')
+                   AND waybill.metering_kind(e.event_type) = l.kind
+                   AND (l.anchor_time IS NULL OR (e.event_time, e.seq) >= (l.anchor_time, l.anchor_seq))
+                   AND e.seq <= v_hi) e ON true
+         CROSS JOIN (VALUES (false), (true)) v(old)
+         WHERE NOT v.old OR e.seq <= v_state.watermark
     ), numbered AS (
         SELECT i.*, (row_number() OVER w)::integer AS ord
           FROM input i
-        WINDOW w AS (PARTITION BY i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
+        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
                      i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
     ), located AS (
         -- where each field was last set: one sort serves every window below
@@ -225,7 +211,7 @@ BEGIN
                max(CASE WHEN i.f_m IS NOT NULL THEN i.ord END) OVER w AS p_m,
                max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
           FROM numbered i
-        WINDOW w AS (PARTITION BY i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
+        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
                      i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
     ), carried AS (
         SELECT c.*,
@@ -233,111 +219,60 @@ BEGIN
                nth_value(c.f_r, c.p_r) OVER w AS s_r, nth_value(c.f_c, c.p_c) OVER w AS s_c,
                nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
           FROM located c
-        WINDOW w AS (PARTITION BY c.project_id, c.kind COLLATE "C", c.resource_type COLLATE "C",
+        WINDOW w AS (PARTITION BY c.old, c.project_id, c.kind COLLATE "C", c.resource_type COLLATE "C",
                      c.resource_id COLLATE "C" ORDER BY c.event_time, c.seq)
-    )
-    , valued AS (
-    SELECT k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
-           k.event_type, k.is_seed, k.in_r, k.in_c, k.in_m, k.in_s, k.active,
-           CASE WHEN k.active AND k.kind = 'compute' THEN k.s_r END AS replicas,
-           CASE WHEN k.active AND k.kind = 'compute' THEN k.s_c END AS cpu_millicores,
-           CASE WHEN k.active AND k.kind = 'compute' THEN k.s_m END AS memory_mb,
-           CASE WHEN k.active AND k.kind = 'volume' THEN k.s_s END AS size_gb,
-           CASE WHEN NOT k.active THEN 0
-                WHEN k.kind = 'compute' THEN
-                    -- 1/1024 = 0.0009765625 exactly: multiplying keeps the value exact
-                    greatest(coalesce(k.s_m, 0) * 0.0009765625, coalesce(k.s_c, 0) * 0.001)
-                    * coalesce(k.s_r, 0)
-                WHEN k.kind = 'volume' THEN coalesce(k.s_s, 0)
-                ELSE 1 END AS value
-      FROM carried k
+    ), valued AS (
+        SELECT k.old, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
+               k.event_type, k.is_seed, k.active,
+               CASE WHEN k.active AND k.kind = 'compute' THEN k.s_r END AS replicas,
+               CASE WHEN k.active AND k.kind = 'compute' THEN k.s_c END AS cpu_millicores,
+               CASE WHEN k.active AND k.kind = 'compute' THEN k.s_m END AS memory_mb,
+               CASE WHEN k.active AND k.kind = 'volume' THEN k.s_s END AS size_gb,
+               CASE WHEN NOT k.active THEN 0
+                    WHEN k.kind = 'compute' THEN
+                        -- 1/1024 = 0.0009765625 exactly: multiplying keeps the value exact
+                        greatest(coalesce(k.s_m, 0) * 0.0009765625, coalesce(k.s_c, 0) * 0.001)
+                        * coalesce(k.s_r, 0)
+                    WHEN k.kind = 'volume' THEN coalesce(k.s_s, 0)
+                    ELSE 1 END AS value
+          FROM carried k
     )
     SELECT v.*,
            v.value - coalesce(lag(v.value) OVER w, 0) AS value_delta,
-           coalesce(lead(v.event_time) OVER w, 'infinity') AS valid_to,
-           coalesce(lag(v.active) OVER w, false) AS prev_active
+           coalesce(lag(v.active) OVER w, false) AS prev_active,
+           lead(v.seq) OVER w IS NULL AS is_last,
+           -- seq order differs from time order somewhere in this partition
+           v.seq < lag(v.seq) OVER w AS overtaken
       FROM valued v
-    WINDOW w AS (PARTITION BY v.project_id, v.kind COLLATE "C", v.resource_type COLLATE "C",
+    WINDOW w AS (PARTITION BY v.old, v.project_id, v.kind COLLATE "C", v.resource_type COLLATE "C",
                  v.resource_id COLLATE "C" ORDER BY v.event_time, v.seq);
-    ANALYZE _m_rows;
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 6. Which stretches of time changed: segments (start, end, value) present in
-    -- only one of the old and the new timeline, per resource, as a hull.
-    CREATE TEMP TABLE _m_dirty ON COMMIT DROP AS
-    WITH old_seg AS (
-        SELECT o.project_id, o.kind, o.resource_type, o.resource_id, o.event_time, o.valid_to, o.value
-          FROM _m_old o
-        UNION ALL
-        SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.seed_time, r.seed_valid_to,
-               r.seed_value
-          FROM _m_res r WHERE r.seed_time IS NOT NULL
-    ), new_seg AS (
-        SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.valid_to, w.value
-          FROM _m_rows w
-    ), changed AS (
-        (SELECT * FROM old_seg EXCEPT ALL SELECT * FROM new_seg)
-        UNION ALL
-        (SELECT * FROM new_seg EXCEPT ALL SELECT * FROM old_seg)
-    )
-    -- Before t0 old and new timelines are the same state (the seed's), so a
-    -- change never starts earlier. The first run has no closed hour to re-open.
-    SELECT c.project_id, greatest(min(c.event_time), min(r.t0)) AS lo, max(c.valid_to) AS hi
-      FROM changed c
-      JOIN _m_res r USING (project_id, kind, resource_type, resource_id)
-     WHERE c.valid_to > c.event_time AND v_state.closed_until IS NOT NULL
-     GROUP BY c.project_id, c.kind, c.resource_type, c.resource_id;
-
-    -- 7. Write the replayed state and re-derive its anomalies. Into an empty
-    -- resource_states (the first run, a recomputation) the rows are written
-    -- without indexes, which are then built in one sort each: the same
-    -- definitions as migrations 0100 and 0102.
-    v_bulk := NOT EXISTS (SELECT 1 FROM waybill.resource_states);
-    IF v_bulk THEN
-        PERFORM set_config('maintenance_work_mem', '256MB', true)
-         WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('256MB');
-        DROP INDEX waybill.resource_states_event_time_idx;
-        DROP INDEX waybill.resource_states_project_event_time_idx;
-        ALTER TABLE waybill.resource_states DROP CONSTRAINT resource_states_pkey;
-    END IF;
+    -- 4. State and anomalies. out_of_order depends on seq order alone, so it is
+    -- decided once, when the event arrives, and only where seq order and time
+    -- order disagree. The other anomalies are re-derived for every replayed
+    -- event (not for seeds or anchors: their state is the one they had).
+    INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
+                                            resource_id, event_type, event_time, detail)
+    SELECT o.seq, 'out_of_order', o.project_id, o.kind, o.resource_type, o.resource_id,
+           o.event_type, o.event_time,
+           format('event time %s is before %s, already received for this resource',
+                  o.event_time, o.prior_max)
+      FROM (SELECT w.*, max(w.event_time) OVER (
+                       PARTITION BY w.project_id, w.kind COLLATE "C", w.resource_type COLLATE "C",
+                       w.resource_id COLLATE "C" ORDER BY w.seq
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max
+              FROM _m_rows w
+             WHERE NOT w.old AND (w.project_id, w.kind, w.resource_type, w.resource_id) IN (
+                   SELECT x.project_id, x.kind, x.resource_type, x.resource_id
+                     FROM _m_rows x WHERE x.overtaken AND NOT x.old)) o
+     WHERE o.seq > v_state.watermark AND o.event_time < o.prior_max
+    ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
     DELETE FROM waybill.metering_anomalies a
-     USING _m_old o WHERE a.seq = o.seq AND a.anomaly <> 'out_of_order';
-    DELETE FROM waybill.resource_states s
-     USING _m_old o
-     WHERE s.project_id = o.project_id AND s.kind = o.kind AND s.resource_type = o.resource_type
-       AND s.resource_id = o.resource_id AND s.event_time = o.event_time AND s.seq = o.seq;
-    UPDATE waybill.resource_states s SET valid_to = w.valid_to
-      FROM _m_rows w
-     WHERE w.is_seed AND s.project_id = w.project_id AND s.kind = w.kind
-       AND s.resource_type = w.resource_type AND s.resource_id = w.resource_id
-       AND s.event_time = w.event_time AND s.seq = w.seq AND s.valid_to <> w.valid_to;
-    INSERT INTO waybill.resource_states (project_id, kind, resource_type, resource_id, event_time,
-        seq, event_type, in_replicas, in_cpu, in_memory_mb, in_size_gb, active, replicas,
-        cpu_millicores, memory_mb, size_gb, value, value_delta, valid_to)
-    SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq,
-           w.event_type, w.in_r, w.in_c, w.in_m, w.in_s, w.active, w.replicas, w.cpu_millicores,
-           w.memory_mb, w.size_gb, w.value, w.value_delta, w.valid_to
-      FROM _m_rows w WHERE NOT w.is_seed;
-    IF v_bulk THEN
-        ALTER TABLE waybill.resource_states ADD CONSTRAINT resource_states_pkey
-            PRIMARY KEY (project_id, kind, resource_type, resource_id, event_time, seq);
-        CREATE INDEX resource_states_event_time_idx ON waybill.resource_states (event_time);
-        CREATE INDEX resource_states_project_event_time_idx
-            ON waybill.resource_states (project_id, event_time);
-        ANALYZE waybill.resource_states;
-    END IF;
-    -- resource_levels = the sum of value_delta per project and kind, by delta:
-    -- the replayed rows replace the old ones (a seed keeps its value_delta).
-    INSERT INTO waybill.resource_levels AS l (project_id, kind, level)
-    SELECT x.project_id, x.kind, sum(x.d)
-      FROM (SELECT w.project_id, w.kind, w.value_delta AS d FROM _m_rows w WHERE NOT w.is_seed
-            UNION ALL
-            SELECT o.project_id, o.kind, -o.value_delta FROM _m_old o) x
-     GROUP BY x.project_id, x.kind
-    ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE
-       SET level = l.level + excluded.level
-     WHERE excluded.level <> 0;
+     USING _m_rows w
+     WHERE w.old AND NOT w.is_seed AND a.project_id = w.project_id AND a.seq = w.seq
+       AND a.anomaly <> 'out_of_order';
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
                                             resource_id, event_type, event_time, detail)
     SELECT w.seq, a.anomaly, w.project_id, w.kind, w.resource_type, w.resource_id,
@@ -351,137 +286,207 @@ BEGIN
             ('volume.deleted', 'delete_unknown_volume', 'deleted a volume that does not exist'),
             ('domain.removed', 'remove_unattached_domain', 'removed a domain that is not attached')
            ) a(event_type, anomaly, detail) ON a.event_type = w.event_type
-     WHERE NOT w.is_seed AND NOT w.prev_active
+     WHERE NOT w.old AND NOT w.is_seed AND NOT w.prev_active
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
+    INSERT INTO waybill.resource_current AS c (project_id, kind, resource_type, resource_id,
+        event_time, seq, active, replicas, cpu_millicores, memory_mb, size_gb, value)
+    SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq, w.active,
+           w.replicas, w.cpu_millicores, w.memory_mb, w.size_gb, w.value
+      FROM _m_rows w WHERE w.is_last AND NOT w.old
+    ON CONFLICT ON CONSTRAINT resource_current_pkey DO UPDATE
+       SET event_time = excluded.event_time, seq = excluded.seq, active = excluded.active,
+           replicas = excluded.replicas, cpu_millicores = excluded.cpu_millicores,
+           memory_mb = excluded.memory_mb, size_gb = excluded.size_gb, value = excluded.value;
     v_timings := v_timings || jsonb_build_object('write_states_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 8. The cells to compute: changed closed hours (dirty), and every new hour.
-    v_from := coalesce(v_state.closed_until, date_trunc('hour', least(
-        (SELECT min(s.event_time) FROM waybill.resource_states s),
-        (SELECT min(p.hour) FROM waybill.point_usage p), p_until), 'UTC'));
-    v_to := greatest(p_until, v_from);
+    -- 5. What the new events change: each replayed event's change of value
+    -- (minus its change in the old replay), per project and hour: the change of
+    -- level, and that change times the seconds left in its hour, which is what
+    -- it adds to the hour's GB-seconds. Point usage joins them. Domains keep
+    -- the instant: the most attached at once is not a sum.
+    CREATE TEMP TABLE _m_changes ON COMMIT DROP AS
+    SELECT x.project_id, x.hour, sum(x.compute_delta) AS compute_delta,
+           sum(x.compute_weighted) AS compute_weighted, sum(x.storage_delta) AS storage_delta,
+           sum(x.storage_weighted) AS storage_weighted, sum(x.build_seconds) AS build_seconds,
+           sum(x.bandwidth_gb) AS bandwidth_gb
+      FROM (SELECT c.project_id, c.hour,
+                   coalesce(sum(c.d) FILTER (WHERE c.kind = 'compute'), 0) AS compute_delta,
+                   coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'compute'), 0)
+                       AS compute_weighted,
+                   coalesce(sum(c.d) FILTER (WHERE c.kind = 'volume'), 0) AS storage_delta,
+                   coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'volume'), 0)
+                       AS storage_weighted,
+                   0 AS build_seconds, 0 AS bandwidth_gb
+              FROM (SELECT w.project_id, w.kind, h.hour,
+                           CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END AS d,
+                           extract(epoch FROM h.hour + interval '1 hour' - w.event_time) AS seconds_left
+                      FROM _m_rows w
+                     CROSS JOIN LATERAL (SELECT date_trunc('hour', w.event_time, 'UTC') AS hour) h
+                     WHERE NOT w.is_seed AND w.value_delta <> 0 AND w.kind <> 'domain') c
+             GROUP BY c.project_id, c.hour
+            UNION ALL
+            SELECT p.project_id, p.hour, 0, 0, 0, 0, p.build_seconds, p.bandwidth_gb
+              FROM _m_points p) x
+     GROUP BY x.project_id, x.hour;
+    CREATE TEMP TABLE _m_dsteps ON COMMIT DROP AS
+    SELECT w.project_id, w.event_time AS at,
+           sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END)::integer AS delta
+      FROM _m_rows w
+     WHERE NOT w.is_seed AND w.value_delta <> 0 AND w.kind = 'domain'
+     GROUP BY w.project_id, w.event_time
+    HAVING sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END) <> 0;
+    INSERT INTO waybill.domain_steps AS s (project_id, at, delta)
+    SELECT d.project_id, d.at, d.delta FROM _m_dsteps d
+    ON CONFLICT ON CONSTRAINT domain_steps_pkey DO UPDATE SET delta = s.delta + excluded.delta;
+    DELETE FROM waybill.domain_steps s
+     USING _m_dsteps d WHERE s.project_id = d.project_id AND s.at = d.at AND s.delta = 0;
+
+    -- 6. The cells. Per project, one window of hours [lo, v_to): the new hours
+    -- [v_from, v_to) for every project with a level or a change there, and,
+    -- before them, the closed hours from the first one this run changes. Over
+    -- the window, hour by hour: the level at the hour's start is the sum of
+    -- the changes before it, plus (new hours only) the level at v_from; the
+    -- hour's GB-seconds are 3600 x that level plus its weighted changes. For
+    -- closed hours the time-weighted and point sums are differences, added to
+    -- the stored cell; domains are recomputed outright from domain_steps.
+    CREATE TEMP TABLE _m_win ON COMMIT DROP AS
+    SELECT x.project_id, min(x.hour) AS lo
+      FROM (SELECT c.project_id, least(c.hour, v_from) AS hour FROM _m_changes c WHERE c.hour < v_to
+            UNION ALL
+            SELECT d.project_id, least(date_trunc('hour', d.at, 'UTC'), v_from) FROM _m_dsteps d
+             WHERE d.at < v_to
+            UNION ALL
+            SELECT l.project_id, v_from FROM waybill.resource_levels l
+             WHERE v_to > v_from AND l.level <> 0
+            UNION ALL
+            SELECT o.project_id, v_from FROM waybill.open_usage o WHERE o.hour < v_to
+            UNION ALL
+            SELECT s.project_id, v_from FROM waybill.domain_steps s
+             WHERE s.at >= v_from AND s.at < v_to) x
+     GROUP BY x.project_id;
+    ANALYZE _m_win;
 
     CREATE TEMP TABLE _m_cells ON COMMIT DROP AS
-    SELECT DISTINCT x.project_id, x.hour FROM (
-        SELECT d.project_id, h.hour
-          FROM _m_dirty d,
-               generate_series(date_trunc('hour', d.lo, 'UTC'),
-                               least(d.hi, v_from) - interval '1 microsecond',
-                               interval '1 hour') h(hour)
+    WITH inputs AS (
+        SELECT c.project_id, c.hour, c.compute_delta, c.compute_weighted, c.storage_delta,
+               c.storage_weighted, c.build_seconds, c.bandwidth_gb
+          FROM _m_changes c WHERE c.hour < v_to
         UNION ALL
-        SELECT n.project_id, date_trunc('hour', n.event_time, 'UTC')
-          FROM _m_new n
-         WHERE n.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
-           AND n.event_time < v_from
-    ) x;
-    ANALYZE _m_cells;
-
-    -- 9. The cells, from scratch. Per project and kind, the resources' values
-    -- add up to one step function: its level at a window's start (the segments
-    -- overlapping it) plus the change at each event (value_delta). Each level
-    -- segment is cut at hour boundaries: GB-seconds = level x seconds (exact
-    -- numeric); custom_domains = the highest level in the hour, i.e. the most
-    -- attached at once after all events at an instant (same-instant changes are
-    -- summed before the level is taken). Windows: [v_from, v_to) for all
-    -- projects (new hours) and, per project, the hull of its dirty cells.
-    CREATE TEMP TABLE _m_tw ON COMMIT DROP AS
-    WITH windows AS (
-        SELECT c.project_id, min(c.hour) AS lo, max(c.hour) + interval '1 hour' AS hi
-          FROM _m_cells c GROUP BY c.project_id
-    ), deltas AS (
-        -- New hours. The level at v_from: resource_levels (every resource's
-        -- current value) minus the changes at or after v_from. The first run
-        -- starts before every event, at level 0.
-        SELECT l.project_id, l.kind, v_from AS lo, v_to AS hi, v_from AS t, l.level AS delta
-          FROM waybill.resource_levels l
-         WHERE v_to > v_from AND v_state.closed_until IS NOT NULL AND l.level <> 0
-        UNION ALL
-        SELECT s.project_id, s.kind, v_from, v_to, v_from, -s.value_delta
-          FROM waybill.resource_states s
-         WHERE v_to > v_from AND v_state.closed_until IS NOT NULL AND s.event_time >= v_from
-           AND s.value_delta <> 0
-        UNION ALL
-        SELECT s.project_id, s.kind, v_from, v_to, s.event_time, s.value_delta
-          FROM waybill.resource_states s
-         WHERE v_to > v_from AND s.event_time >= v_from AND s.event_time < v_to
-           AND s.value_delta <> 0
-        UNION ALL
-        -- Dirty windows, the same way within one project.
-        SELECT l.project_id, l.kind, w.lo, w.hi, w.lo, l.level
-          FROM windows w
-          JOIN waybill.resource_levels l ON l.project_id = w.project_id AND l.level <> 0
-        UNION ALL
-        SELECT s.project_id, s.kind, w.lo, w.hi, w.lo, -s.value_delta
-          FROM windows w
-          JOIN waybill.resource_states s
-            ON s.project_id = w.project_id AND s.event_time >= w.lo AND s.value_delta <> 0
-        UNION ALL
-        SELECT s.project_id, s.kind, w.lo, w.hi, s.event_time, s.value_delta
-          FROM windows w
-          JOIN waybill.resource_states s
-            ON s.project_id = w.project_id AND s.event_time >= w.lo AND s.event_time < w.hi
-           AND s.value_delta <> 0
-    ), points AS (
-        -- one step function per project, the three kinds side by side
-        SELECT d.project_id, d.lo, d.hi, d.t,
-               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'compute'), 0) AS d_compute,
-               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'volume'), 0) AS d_storage,
-               coalesce(sum(d.delta) FILTER (WHERE d.kind = 'domain'), 0) AS d_domains
-          FROM deltas d GROUP BY d.project_id, d.lo, d.hi, d.t
-    ), levels AS (
-        SELECT p.project_id, p.t, lead(p.t, 1, p.hi) OVER w AS t_end,
-               sum(p.d_compute) OVER w AS compute, sum(p.d_storage) OVER w AS storage,
-               sum(p.d_domains) OVER w AS domains
-          FROM points p
-        WINDOW w AS (PARTITION BY p.project_id, p.lo ORDER BY p.t)
-    ), pieces AS (
-        SELECT l.project_id, h.hour, l.compute, l.storage, l.domains,
-               extract(epoch FROM least(l.t_end, h.hour + interval '1 hour')
-                                  - greatest(l.t, h.hour)) AS seconds
-          FROM levels l
-         CROSS JOIN LATERAL generate_series(date_trunc('hour', l.t, 'UTC'),
-                                            l.t_end - interval '1 microsecond',
-                                            interval '1 hour') h(hour)
-         WHERE (l.compute > 0 OR l.storage > 0 OR l.domains > 0) AND l.t_end > l.t
+        SELECT o.project_id, o.hour, o.compute_delta, o.compute_weighted, o.storage_delta,
+               o.storage_weighted, o.build_seconds, o.bandwidth_gb
+          FROM waybill.open_usage o WHERE o.hour < v_to
+    ), per_hour AS (
+        SELECT i.project_id, i.hour, sum(i.compute_delta) AS cd, sum(i.compute_weighted) AS cw,
+               sum(i.storage_delta) AS sd, sum(i.storage_weighted) AS sw,
+               sum(i.build_seconds) AS build_seconds, sum(i.bandwidth_gb) AS bandwidth_gb
+          FROM inputs i GROUP BY i.project_id, i.hour
+    ), domain_hours AS (
+        -- per hour: the change of attached domains, and the highest running
+        -- change after any instant in it (all events at an instant together)
+        SELECT s.project_id, s.hour, sum(s.delta) AS dd, max(s.running) AS peak
+          FROM (SELECT s.project_id, date_trunc('hour', s.at, 'UTC') AS hour, s.delta,
+                       sum(s.delta) OVER (PARTITION BY s.project_id, date_trunc('hour', s.at, 'UTC')
+                                          ORDER BY s.at) AS running
+                  FROM _m_win w
+                  JOIN waybill.domain_steps s
+                    ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
+         GROUP BY s.project_id, s.hour
+    ), bases AS (
+        -- levels at v_from (stored, before this run) and, for domains, just
+        -- before lo: every step before lo, counted from the stored level
+        SELECT w.project_id, w.lo,
+               coalesce((SELECT l.level FROM waybill.resource_levels l
+                          WHERE l.project_id = w.project_id AND l.kind = 'compute'), 0) AS compute,
+               coalesce((SELECT l.level FROM waybill.resource_levels l
+                          WHERE l.project_id = w.project_id AND l.kind = 'volume'), 0) AS storage,
+               coalesce((SELECT l.level FROM waybill.resource_levels l
+                          WHERE l.project_id = w.project_id AND l.kind = 'domain'), 0)
+               + coalesce((SELECT sum(d.delta) FROM _m_dsteps d
+                            WHERE d.project_id = w.project_id AND d.at < v_from), 0)
+               - coalesce((SELECT sum(s.delta) FROM waybill.domain_steps s
+                            WHERE s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_from), 0)
+                   AS domains
+          FROM _m_win w
+    ), grid AS (
+        SELECT b.project_id, g.hour, b.compute, b.storage, b.domains,
+               coalesce(p.cd, 0) AS cd, coalesce(p.cw, 0) AS cw, coalesce(p.sd, 0) AS sd,
+               coalesce(p.sw, 0) AS sw, coalesce(p.build_seconds, 0) AS build_seconds,
+               coalesce(p.bandwidth_gb, 0) AS bandwidth_gb,
+               coalesce(d.dd, 0) AS dd, greatest(coalesce(d.peak, 0), 0) AS peak
+          FROM bases b
+         CROSS JOIN LATERAL generate_series(b.lo, v_to - interval '1 hour', interval '1 hour') g(hour)
+          LEFT JOIN per_hour p ON p.project_id = b.project_id AND p.hour = g.hour
+          LEFT JOIN domain_hours d ON d.project_id = b.project_id AND d.hour = g.hour
     )
-    SELECT p.project_id, p.hour,
-           sum(p.compute * p.seconds) AS compute_gb_seconds,
-           sum(p.storage * p.seconds) AS storage_gb_seconds,
-           max(p.domains)::integer AS custom_domains
-      FROM pieces p
-     WHERE p.hour >= v_from
-        OR EXISTS (SELECT 1 FROM _m_cells c WHERE c.project_id = p.project_id AND c.hour = p.hour)
-     GROUP BY p.project_id, p.hour;
-    ANALYZE _m_tw;
+    SELECT r.project_id, r.hour, r.hour < v_from AS closed,
+           3600 * (CASE WHEN r.hour < v_from THEN 0 ELSE r.compute END + r.cd_before) + r.cw
+               AS compute_gb_seconds,
+           3600 * (CASE WHEN r.hour < v_from THEN 0 ELSE r.storage END + r.sd_before) + r.sw
+               AS storage_gb_seconds,
+           r.build_seconds, r.bandwidth_gb,
+           (r.domains + r.dd_before + r.peak)::integer AS custom_domains,
+           -- the levels at v_to, on each project's last row
+           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.compute + r.cd_before + r.cd END
+               AS compute_level,
+           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.storage + r.sd_before + r.sd END
+               AS storage_level,
+           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.domains + r.dd_before + r.dd END
+               AS domain_level
+      FROM (SELECT g.*,
+                   sum(g.cd) OVER w - g.cd AS cd_before, sum(g.sd) OVER w - g.sd AS sd_before,
+                   sum(g.dd) OVER w - g.dd AS dd_before
+              FROM grid g
+            WINDOW w AS (PARTITION BY g.project_id ORDER BY g.hour ROWS UNBOUNDED PRECEDING)) r;
 
+    -- Closed hours: the stored cell plus the differences; new hours as computed.
     CREATE TEMP TABLE _m_result ON COMMIT DROP AS
-    SELECT k.project_id, k.hour,
-           coalesce(t.compute_gb_seconds, 0) AS compute_gb_seconds,
-           coalesce(t.storage_gb_seconds, 0) AS storage_gb_seconds,
-           coalesce(pu.build_seconds, 0) AS build_seconds,
-           coalesce(pu.bandwidth_gb, 0) AS bandwidth_gb,
-           coalesce(t.custom_domains, 0) AS custom_domains
-      FROM (SELECT c.project_id, c.hour FROM _m_cells c
-            UNION
-            SELECT t.project_id, t.hour FROM _m_tw t
-            UNION
-            SELECT p.project_id, p.hour FROM waybill.point_usage p
-             WHERE p.hour >= v_from AND p.hour < v_to) k
-      LEFT JOIN _m_tw t ON t.project_id = k.project_id AND t.hour = k.hour
-      -- point usage of those cells: the new hours by hour, dirty cells by key
-      -- (never a scan of all of point_usage)
-      LEFT JOIN (SELECT p.project_id, p.hour, p.build_seconds, p.bandwidth_gb
-                   FROM waybill.point_usage p WHERE p.hour >= v_from AND p.hour < v_to
-                 UNION ALL
-                 SELECT p.project_id, p.hour, p.build_seconds, p.bandwidth_gb
-                   FROM _m_cells c
-                   JOIN waybill.point_usage p ON p.project_id = c.project_id AND p.hour = c.hour
-                  WHERE c.hour < v_from) pu ON pu.project_id = k.project_id AND pu.hour = k.hour;
+    SELECT c.project_id, c.hour,
+           coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
+           coalesce(h.storage_gb_seconds, 0) + c.storage_gb_seconds AS storage_gb_seconds,
+           coalesce(h.build_seconds, 0) + c.build_seconds AS build_seconds,
+           coalesce(h.bandwidth_gb, 0) + c.bandwidth_gb AS bandwidth_gb,
+           c.custom_domains
+      FROM _m_cells c
+      LEFT JOIN waybill.hourly_usage h ON h.project_id = c.project_id AND h.hour = c.hour
+     WHERE c.closed
+    UNION ALL
+    SELECT c.project_id, c.hour, c.compute_gb_seconds, c.storage_gb_seconds, c.build_seconds,
+           c.bandwidth_gb, c.custom_domains
+      FROM _m_cells c WHERE NOT c.closed;
     v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 10. Write the cells that changed; note their days for the daily rollup.
+    -- 7. The levels at v_to, and what stays open: changes in hours from v_to on.
+    INSERT INTO waybill.resource_levels AS l (project_id, kind, level)
+    SELECT c.project_id, k.kind, k.level
+      FROM _m_cells c
+     CROSS JOIN LATERAL (VALUES ('compute', c.compute_level), ('volume', c.storage_level),
+                                ('domain', c.domain_level)) k(kind, level)
+     WHERE c.hour = v_to - interval '1 hour'
+    ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE SET level = excluded.level
+     WHERE l.level <> excluded.level;
+    DELETE FROM waybill.resource_levels l WHERE l.level = 0;
+    DELETE FROM waybill.open_usage o WHERE o.hour < v_to;
+    INSERT INTO waybill.open_usage AS o (project_id, hour, compute_delta, compute_weighted,
+        storage_delta, storage_weighted, build_seconds, bandwidth_gb)
+    SELECT c.project_id, c.hour, c.compute_delta, c.compute_weighted, c.storage_delta,
+           c.storage_weighted, c.build_seconds, c.bandwidth_gb
+      FROM _m_changes c WHERE c.hour >= v_to
+    ON CONFLICT ON CONSTRAINT open_usage_pkey DO UPDATE
+       SET compute_delta = o.compute_delta + excluded.compute_delta,
+           compute_weighted = o.compute_weighted + excluded.compute_weighted,
+           storage_delta = o.storage_delta + excluded.storage_delta,
+           storage_weighted = o.storage_weighted + excluded.storage_weighted,
+           build_seconds = o.build_seconds + excluded.build_seconds,
+           bandwidth_gb = o.bandwidth_gb + excluded.bandwidth_gb;
+    DELETE FROM waybill.open_usage o
+     USING _m_changes c
+     WHERE c.hour >= v_to AND o.project_id = c.project_id AND o.hour = c.hour
+       AND (o.compute_delta, o.compute_weighted, o.storage_delta, o.storage_weighted,
+            o.build_seconds, o.bandwidth_gb) = (0, 0, 0, 0, 0, 0);
+
+    -- 8. Write the cells that changed; note their days for the daily rollup.
     -- Closed hours (< v_from) may hold rows: delete the ones now zero, upsert
     -- the rest where a value changed. New hours (>= v_from) never hold a row
     -- (rows are only written below closed_until, which only grows), so they are
