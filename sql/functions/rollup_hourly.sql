@@ -46,8 +46,11 @@ BEGIN
     SELECT * INTO STRICT v_state FROM waybill.rollup_state FOR UPDATE;
     -- A backfill sorts and stages millions of rows; keep them in memory when we
     -- can. temp_buffers only takes before the session's first temporary table.
-    PERFORM set_config('work_mem', '256MB', true)
-     WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('256MB');
+    PERFORM set_config('work_mem', '1GB', true)
+     WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('1GB');
+    -- Row estimates for the temporary tables are rough; JIT compiling for a
+    -- plan that then touches a few thousand rows costs more than it saves.
+    PERFORM set_config('jit', 'off', true);
     BEGIN
         PERFORM set_config('temp_buffers', '512MB', true)
          WHERE pg_size_bytes(current_setting('temp_buffers')) < pg_size_bytes('512MB');
@@ -127,19 +130,23 @@ BEGIN
     -- from usage_events, from its last applied reset at or before t0 (after a
     -- reset the state no longer depends on what came before), or from its
     -- first event.
+    -- rn numbers the touched resources: the replay sorts by it, not by the
+    -- four columns of the resource's key.
     CREATE TEMP TABLE _m_res ON COMMIT DROP AS
-    SELECT f.project_id, f.kind, f.resource_type, f.resource_id, f.t0,
+    SELECT (row_number() OVER ())::integer AS rn, f.project_id, f.kind, f.resource_type,
+           f.resource_id, f.t0,
            c.event_time AS seed_time, c.seq AS seed_seq, c.active AS seed_active,
            c.replicas AS seed_replicas, c.cpu_millicores AS seed_cpu, c.memory_mb AS seed_memory,
-           c.size_gb AS seed_size, f.t0 < c.event_time AS late
+           c.size_gb AS seed_size, coalesce(f.t0 < c.event_time, false) AS late
       FROM (SELECT n.project_id, n.kind, n.resource_type, n.resource_id, min(n.event_time) AS t0
               FROM _m_new n GROUP BY 1, 2, 3, 4) f
       LEFT JOIN waybill.resource_current c
         ON c.project_id = f.project_id AND c.kind = f.kind AND c.resource_type = f.resource_type
        AND c.resource_id = f.resource_id;
     GET DIAGNOSTICS v_resources = ROW_COUNT;
+    ANALYZE _m_res;
     CREATE TEMP TABLE _m_late ON COMMIT DROP AS
-    SELECT r.project_id, r.kind, r.resource_type, r.resource_id, a.event_time AS anchor_time,
+    SELECT r.rn, r.project_id, r.kind, r.resource_type, r.resource_id, a.event_time AS anchor_time,
            a.seq AS anchor_seq
       FROM _m_res r
       LEFT JOIN LATERAL (
@@ -160,26 +167,25 @@ BEGIN
     -- A "reset" sets the whole state (a seed or an anchor is one); a modifier
     -- (scaled, resized) changes the fields it carries. A field's value is its
     -- last non-null value (nth_value at the position it was last set), never
-    -- older than the last "on" reset, since an "on" carries every field. The
-    -- partitions compare bytes (COLLATE "C"): equal keys are equal in any
-    -- deterministic collation, and the sort is much cheaper.
+    -- older than the last "on" reset, since an "on" carries every field. One
+    -- sort, by (old, rn, event_time, seq), serves every window.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     WITH input AS (
-        SELECT false AS old, r.project_id, r.kind, r.resource_type, r.resource_id,
+        SELECT false AS old, r.rn, r.project_id, r.kind, r.resource_type, r.resource_id,
                r.seed_time AS event_time, r.seed_seq AS seq, NULL::waybill.event_type AS event_type,
                true AS is_seed, CASE WHEN r.seed_active THEN 'on' ELSE 'off' END AS reset,
                r.seed_replicas AS f_r, r.seed_cpu AS f_c, r.seed_memory AS f_m, r.seed_size AS f_s
           FROM _m_res r WHERE r.seed_time IS NOT NULL AND NOT r.late
         UNION ALL
-        SELECT false, n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time, n.seq,
-               n.event_type, false, waybill.metering_reset(n.event_type),
+        SELECT false, r.rn, n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time,
+               n.seq, n.event_type, false, waybill.metering_reset(n.event_type),
                n.replicas, n.cpu_millicores, n.memory_mb, n.size_gb
           FROM _m_new n
-         WHERE NOT EXISTS (SELECT 1 FROM _m_late l
-                            WHERE l.project_id = n.project_id AND l.kind = n.kind
-                              AND l.resource_type = n.resource_type AND l.resource_id = n.resource_id)
+          JOIN _m_res r ON r.project_id = n.project_id AND r.kind = n.kind
+                       AND r.resource_type = n.resource_type AND r.resource_id = n.resource_id
+         WHERE NOT r.late
         UNION ALL
-        SELECT v.old, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time, e.seq,
+        SELECT v.old, l.rn, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time, e.seq,
                e.event_type, (e.event_time, e.seq) IS NOT DISTINCT FROM (l.anchor_time, l.anchor_seq),
                waybill.metering_reset(e.event_type),
                e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb
@@ -200,8 +206,7 @@ BEGIN
     ), numbered AS (
         SELECT i.*, (row_number() OVER w)::integer AS ord
           FROM input i
-        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
-                     i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.old, i.rn ORDER BY i.event_time, i.seq)
     ), located AS (
         -- where each field was last set: one sort serves every window below
         SELECT i.*,
@@ -211,18 +216,16 @@ BEGIN
                max(CASE WHEN i.f_m IS NOT NULL THEN i.ord END) OVER w AS p_m,
                max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
           FROM numbered i
-        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind COLLATE "C", i.resource_type COLLATE "C",
-                     i.resource_id COLLATE "C" ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.old, i.rn ORDER BY i.event_time, i.seq)
     ), carried AS (
         SELECT c.*,
                coalesce(nth_value(c.reset, c.p_reset) OVER w = 'on', false) AS active,
                nth_value(c.f_r, c.p_r) OVER w AS s_r, nth_value(c.f_c, c.p_c) OVER w AS s_c,
                nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
           FROM located c
-        WINDOW w AS (PARTITION BY c.old, c.project_id, c.kind COLLATE "C", c.resource_type COLLATE "C",
-                     c.resource_id COLLATE "C" ORDER BY c.event_time, c.seq)
+        WINDOW w AS (PARTITION BY c.old, c.rn ORDER BY c.event_time, c.seq)
     ), valued AS (
-        SELECT k.old, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
+        SELECT k.old, k.rn, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
                k.event_type, k.is_seed, k.active,
                CASE WHEN k.active AND k.kind = 'compute' THEN k.s_r END AS replicas,
                CASE WHEN k.active AND k.kind = 'compute' THEN k.s_c END AS cpu_millicores,
@@ -244,8 +247,7 @@ BEGIN
            -- seq order differs from time order somewhere in this partition
            v.seq < lag(v.seq) OVER w AS overtaken
       FROM valued v
-    WINDOW w AS (PARTITION BY v.old, v.project_id, v.kind COLLATE "C", v.resource_type COLLATE "C",
-                 v.resource_id COLLATE "C" ORDER BY v.event_time, v.seq);
+    WINDOW w AS (PARTITION BY v.old, v.rn ORDER BY v.event_time, v.seq);
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
@@ -259,14 +261,10 @@ BEGIN
            o.event_type, o.event_time,
            format('event time %s is before %s, already received for this resource',
                   o.event_time, o.prior_max)
-      FROM (SELECT w.*, max(w.event_time) OVER (
-                       PARTITION BY w.project_id, w.kind COLLATE "C", w.resource_type COLLATE "C",
-                       w.resource_id COLLATE "C" ORDER BY w.seq
+      FROM (SELECT w.*, max(w.event_time) OVER (PARTITION BY w.rn ORDER BY w.seq
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max
               FROM _m_rows w
-             WHERE NOT w.old AND (w.project_id, w.kind, w.resource_type, w.resource_id) IN (
-                   SELECT x.project_id, x.kind, x.resource_type, x.resource_id
-                     FROM _m_rows x WHERE x.overtaken AND NOT x.old)) o
+             WHERE NOT w.old AND w.rn IN (SELECT x.rn FROM _m_rows x WHERE x.overtaken AND NOT x.old)) o
      WHERE o.seq > v_state.watermark AND o.event_time < o.prior_max
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
     DELETE FROM waybill.metering_anomalies a
@@ -351,20 +349,37 @@ BEGIN
     -- closed hours the time-weighted and point sums are differences, added to
     -- the stored cell; domains are recomputed outright from domain_steps.
     CREATE TEMP TABLE _m_win ON COMMIT DROP AS
-    SELECT x.project_id, min(x.hour) AS lo
-      FROM (SELECT c.project_id, least(c.hour, v_from) AS hour FROM _m_changes c WHERE c.hour < v_to
-            UNION ALL
-            SELECT d.project_id, least(date_trunc('hour', d.at, 'UTC'), v_from) FROM _m_dsteps d
-             WHERE d.at < v_to
-            UNION ALL
-            SELECT l.project_id, v_from FROM waybill.resource_levels l
-             WHERE v_to > v_from AND l.level <> 0
-            UNION ALL
-            SELECT o.project_id, v_from FROM waybill.open_usage o WHERE o.hour < v_to
-            UNION ALL
-            SELECT s.project_id, v_from FROM waybill.domain_steps s
-             WHERE s.at >= v_from AND s.at < v_to) x
-     GROUP BY x.project_id;
+    WITH spans AS (
+        SELECT x.project_id, min(x.hour) AS lo
+          FROM (SELECT c.project_id, least(c.hour, v_from) AS hour FROM _m_changes c
+                 WHERE c.hour < v_to
+                UNION ALL
+                SELECT d.project_id, least(date_trunc('hour', d.at, 'UTC'), v_from) FROM _m_dsteps d
+                 WHERE d.at < v_to
+                UNION ALL
+                SELECT l.project_id, v_from FROM waybill.resource_levels l
+                 WHERE v_to > v_from AND l.level <> 0
+                UNION ALL
+                SELECT o.project_id, v_from FROM waybill.open_usage o WHERE o.hour < v_to
+                UNION ALL
+                SELECT s.project_id, v_from FROM waybill.domain_steps s
+                 WHERE s.at >= v_from AND s.at < v_to) x
+         GROUP BY x.project_id
+    )
+    -- The levels at v_from (stored, before this run) and, for domains, just
+    -- before lo: the stored level, plus this run's steps before v_from, minus
+    -- every step in [lo, v_from).
+    SELECT w.project_id, w.lo, coalesce(lc.level, 0) AS compute, coalesce(lv.level, 0) AS storage,
+           coalesce(ld.level, 0) + coalesce(rd.delta, 0) - coalesce(sd.delta, 0) AS domains
+      FROM spans w
+      LEFT JOIN waybill.resource_levels lc ON lc.project_id = w.project_id AND lc.kind = 'compute'
+      LEFT JOIN waybill.resource_levels lv ON lv.project_id = w.project_id AND lv.kind = 'volume'
+      LEFT JOIN waybill.resource_levels ld ON ld.project_id = w.project_id AND ld.kind = 'domain'
+      LEFT JOIN (SELECT d.project_id, sum(d.delta) AS delta FROM _m_dsteps d
+                  WHERE d.at < v_from GROUP BY d.project_id) rd ON rd.project_id = w.project_id
+      LEFT JOIN LATERAL (SELECT sum(s.delta) AS delta FROM waybill.domain_steps s
+                          WHERE w.lo < v_from AND s.project_id = w.project_id
+                            AND s.at >= w.lo AND s.at < v_from) sd ON true;
     ANALYZE _m_win;
 
     CREATE TEMP TABLE _m_cells ON COMMIT DROP AS
@@ -382,39 +397,27 @@ BEGIN
                sum(i.build_seconds) AS build_seconds, sum(i.bandwidth_gb) AS bandwidth_gb
           FROM inputs i GROUP BY i.project_id, i.hour
     ), domain_hours AS (
-        -- per hour: the change of attached domains, and the highest running
-        -- change after any instant in it (all events at an instant together)
-        SELECT s.project_id, s.hour, sum(s.delta) AS dd, max(s.running) AS peak
-          FROM (SELECT s.project_id, date_trunc('hour', s.at, 'UTC') AS hour, s.delta,
+        -- per hour: the change of attached domains, the highest running change
+        -- after any instant in it (all events at an instant together), and
+        -- whether an instant is the hour's start (then the level before the
+        -- hour does not hold for any time inside it)
+        SELECT s.project_id, s.hour, sum(s.delta) AS dd, max(s.running) AS peak,
+               bool_or(s.at = s.hour) AS at_start
+          FROM (SELECT s.project_id, s.at, date_trunc('hour', s.at, 'UTC') AS hour, s.delta,
                        sum(s.delta) OVER (PARTITION BY s.project_id, date_trunc('hour', s.at, 'UTC')
                                           ORDER BY s.at) AS running
                   FROM _m_win w
                   JOIN waybill.domain_steps s
                     ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
          GROUP BY s.project_id, s.hour
-    ), bases AS (
-        -- levels at v_from (stored, before this run) and, for domains, just
-        -- before lo: every step before lo, counted from the stored level
-        SELECT w.project_id, w.lo,
-               coalesce((SELECT l.level FROM waybill.resource_levels l
-                          WHERE l.project_id = w.project_id AND l.kind = 'compute'), 0) AS compute,
-               coalesce((SELECT l.level FROM waybill.resource_levels l
-                          WHERE l.project_id = w.project_id AND l.kind = 'volume'), 0) AS storage,
-               coalesce((SELECT l.level FROM waybill.resource_levels l
-                          WHERE l.project_id = w.project_id AND l.kind = 'domain'), 0)
-               + coalesce((SELECT sum(d.delta) FROM _m_dsteps d
-                            WHERE d.project_id = w.project_id AND d.at < v_from), 0)
-               - coalesce((SELECT sum(s.delta) FROM waybill.domain_steps s
-                            WHERE s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_from), 0)
-                   AS domains
-          FROM _m_win w
     ), grid AS (
         SELECT b.project_id, g.hour, b.compute, b.storage, b.domains,
                coalesce(p.cd, 0) AS cd, coalesce(p.cw, 0) AS cw, coalesce(p.sd, 0) AS sd,
                coalesce(p.sw, 0) AS sw, coalesce(p.build_seconds, 0) AS build_seconds,
                coalesce(p.bandwidth_gb, 0) AS bandwidth_gb,
-               coalesce(d.dd, 0) AS dd, greatest(coalesce(d.peak, 0), 0) AS peak
-          FROM bases b
+               coalesce(d.dd, 0) AS dd,
+               CASE WHEN d.at_start THEN d.peak ELSE greatest(coalesce(d.peak, 0), 0) END AS peak
+          FROM _m_win b
          CROSS JOIN LATERAL generate_series(b.lo, v_to - interval '1 hour', interval '1 hour') g(hour)
           LEFT JOIN per_hour p ON p.project_id = b.project_id AND p.hour = g.hour
           LEFT JOIN domain_hours d ON d.project_id = b.project_id AND d.hour = g.hour
