@@ -24,7 +24,11 @@ _WAYBILL_STATES: dict[str, type[WaybillError]] = {
 
 
 async def _configure(conn: psycopg.AsyncConnection[object]) -> None:
+    # Request queries touch a few rows, but the planner's estimates for the
+    # plpgsql functions behind them can exceed jit_above_cost; compiling then
+    # costs half a second for a query that runs in milliseconds.
     await conn.execute("SET ROLE waybill_app")
+    await conn.execute("SET jit = off")
 
 
 def make_pool(settings: Settings, url: str) -> AsyncConnectionPool:
