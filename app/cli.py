@@ -53,7 +53,8 @@ def _run_migrate(url: str, schedule: bool, settings: Settings) -> None:
     from app.db.migrate import migrate
 
     report = migrate(url, schedule=schedule,
-                     event_retention_months=settings.event_retention_months)
+                     event_retention_months=settings.event_retention_months,
+                     event_max_age=settings.event_max_age)
     print(f"migrations applied: {', '.join(report.applied) or 'none pending'}; "
           f"repeatable files: {report.repeatables}")
     if report.schedule:

@@ -81,3 +81,35 @@ def test_retention_drops_only_old_months_that_are_rolled_up_and_finalized(db):
                       (project,)).fetchone()[0] == 1
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT waybill.drop_expired_event_partitions(%s, 1)", (now,))
+
+
+def test_retention_keeps_a_month_holding_the_state_late_events_still_need(db):
+    """A late resize is replayed from the volume's last reset: the month that
+    holds its creation stays until a newer reset is old enough."""
+    db.execute("SELECT waybill.ensure_event_partitions(%s, 0)", (at("2025-03-10 00:00"),))
+    project = "5e7e0000-0000-4000-8000-000000000002"
+    put(db, project, "volume.created", "data", "2025-01-10 10:00", size_gb=10)
+    db.execute("SELECT waybill.rollup_hourly(%s)", (at("2025-02-01 00:00"),))
+    db.execute("SELECT waybill.rollup_daily(%s)", (at("2025-02-01 00:00").date(),))
+    db.execute("SELECT waybill.bill_period(%s, %s)", (at("2025-01-01 00:00").date(),
+                                                       at("2025-02-01 00:00")))
+    db.execute("SELECT waybill.finalize_period(%s, %s)", (at("2025-01-01 00:00").date(),
+                                                           at("2025-02-02 00:00")))
+    now = at("2025-05-20 08:00")
+    kept = db.execute("SELECT waybill.drop_expired_event_partitions(%s, 2)", (now,)).fetchone()[0]
+    assert "last reset" in kept["kept"]["waybill.usage_events_2025_01"]
+
+    # A late resize within the accepted age is replayed from the creation.
+    put(db, project, "volume.resized", "data", "2025-04-20 10:00", size_gb=20)
+    db.execute("SELECT waybill.rollup_hourly(%s)", (at("2025-04-21 00:00"),))
+    hour = db.execute("SELECT storage_gb_seconds FROM waybill.hourly_usage"
+                      " WHERE project_id = %s AND hour = %s",
+                      (project, at("2025-04-20 11:00"))).fetchone()[0]
+    assert hour == 20 * 3600
+
+    # A newer reset, older than any event still accepted, releases the month.
+    put(db, project, "volume.created", "data", "2025-03-05 00:00", size_gb=20)
+    db.execute("SELECT waybill.rollup_hourly(%s)", (at("2025-04-21 00:00"),))
+    dropped = db.execute("SELECT waybill.drop_expired_event_partitions(%s, 2)",
+                         (now,)).fetchone()[0]
+    assert dropped["dropped"] == ["waybill.usage_events_2025_01"]

@@ -16,6 +16,7 @@ parameters `%(database)s` (the Waybill database) and `%(prefix)s` (job names are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -106,20 +107,25 @@ def apply_schedules(url: str) -> str:
     return f"{len(files)} pg_cron schedule file(s) applied in database {cron_db!r}"
 
 
-def prepare_event_storage(url: str, retention_months: int) -> None:
+def prepare_event_storage(url: str, retention_months: int, max_age: timedelta) -> None:
     """Monthly event partitions around today (a new database need not wait for
-    pg_cron), and the retention the scheduled maintenance applies."""
+    pg_cron), and the retention the scheduled maintenance applies (it keeps a
+    month that events up to `max_age` old may still need)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT waybill.ensure_event_partitions(now())")
-        conn.execute(sql.SQL("ALTER DATABASE {} SET waybill.event_retention_months = {}").format(
-            sql.Identifier(conn.info.dbname), sql.Literal(str(retention_months))))
+        for name, value in (("event_retention_months", str(retention_months)),
+                            ("event_max_age", f"{int(max_age.total_seconds())} seconds")):
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(conn.info.dbname), sql.Identifier("waybill", name),
+                sql.Literal(value)))
 
 
-def migrate(url: str, *, schedule: bool = True, event_retention_months: int = 13) -> MigrateReport:
+def migrate(url: str, *, schedule: bool = True, event_retention_months: int = 13,
+            event_max_age: timedelta = timedelta(days=35)) -> MigrateReport:
     report = MigrateReport()
     report.applied = apply_migrations(url)
     report.repeatables = apply_repeatables(url)
-    prepare_event_storage(url, event_retention_months)
+    prepare_event_storage(url, event_retention_months, event_max_age)
     if schedule:
         report.schedule = apply_schedules(url)
     return report

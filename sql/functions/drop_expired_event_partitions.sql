@@ -7,8 +7,13 @@
 --   2. every event in it has been rolled up (seq <= the rollup watermark), so
 --      hourly and daily usage no longer need it;
 --   3. its billing month is finalized: no draft billing record for it, and
---      either a record exists or the month had no usage at all.
--- A partition that fails 2 or 3 is kept and reported, never dropped.
+--      either a record exists or the month had no usage at all;
+--   4. no late event can need it: a late event's resource is replayed from
+--      its last reset before the event (rollup_hourly), so every resource with
+--      time-weighted events in it must have a rolled-up reset in a kept month,
+--      no later than the oldest event still accepted (p_now minus the
+--      database setting waybill.event_max_age, default 35 days).
+-- A partition that fails 2, 3 or 4 is kept and reported, never dropped.
 -- Output: jsonb {"dropped": [...], "kept": {"partition": "reason"}}.
 -- Side effects: DROP TABLE of those partitions (DDL: no row trigger fires; raw
 -- events are never deleted row by row). event_keys rows stay, so a replay of a
@@ -27,6 +32,9 @@ DECLARE
     v_dropped   text[] := '{}';
     v_kept      jsonb := '{}';
     v_unrolled  boolean;
+    v_needed    boolean;
+    v_oldest    timestamptz := p_now - coalesce(
+        nullif(current_setting('waybill.event_max_age', true), '')::interval, interval '35 days');
 BEGIN
     IF p_retention_months IS NULL OR p_retention_months < 2 THEN
         RAISE EXCEPTION 'event retention must keep at least 2 months, got %', p_retention_months
@@ -56,6 +64,27 @@ BEGIN
                            WHERE day >= v_month AND day < (v_month + interval '1 month')::date) THEN
             v_kept := v_kept || jsonb_build_object(v_partition::text, 'billing month not billed yet');
         ELSE
+            EXECUTE format($q$
+                SELECT EXISTS (
+                    SELECT 1 FROM (SELECT DISTINCT e.project_id, e.resource_type, e.resource_id,
+                                          waybill.metering_kind(e.event_type) AS kind
+                                     FROM %s e
+                                    WHERE waybill.metering_kind(e.event_type) IS NOT NULL) r
+                     WHERE NOT EXISTS (
+                           SELECT 1 FROM waybill.usage_events a
+                            WHERE a.project_id = r.project_id AND a.resource_type = r.resource_type
+                              AND a.resource_id = r.resource_id
+                              AND a.event_type IN ('deployment.started', 'compute.snapshot',
+                                  'volume.created', 'domain.added', 'deployment.stopped',
+                                  'volume.deleted', 'domain.removed')
+                              AND waybill.metering_kind(a.event_type) = r.kind
+                              AND a.event_time >= $1 AND a.event_time <= $2 AND a.seq <= $3))$q$,
+                v_partition) INTO v_needed USING v_cutoff::timestamptz, v_oldest, coalesce(v_watermark, 0);
+            IF v_needed THEN
+                v_kept := v_kept || jsonb_build_object(v_partition::text,
+                    'holds the last reset of a resource that late events may still need');
+                CONTINUE;
+            END IF;
             v_dropped := v_dropped || v_partition::text;  -- its name, before it goes
             EXECUTE format('DROP TABLE %s', v_partition);
         END IF;
