@@ -81,7 +81,8 @@ def snapshot(conn: psycopg.Connection[Any], project_ids: list[str] | None = None
         "daily": "SELECT project_id, day, compute_gb_seconds, storage_gb_seconds, build_seconds,"
                  " bandwidth_gb, custom_domains FROM waybill.daily_usage{w} ORDER BY 1, 2",
         "current": "SELECT project_id, kind, resource_type, resource_id, event_time, seq, active,"
-                   " value FROM waybill.resource_current{w} ORDER BY 1, 2, 3, 4",
+                   " replicas, cpu_millicores, memory_mb, size_gb, value"
+                   " FROM waybill.resource_current{w} ORDER BY 1, 2, 3, 4",
         "levels": "SELECT project_id, kind, level FROM waybill.resource_levels{w} ORDER BY 1, 2",
         "open": "SELECT project_id, hour, compute_delta, compute_weighted, storage_delta,"
                 " storage_weighted, build_seconds, bandwidth_gb FROM waybill.open_usage{w}"

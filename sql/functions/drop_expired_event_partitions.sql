@@ -66,18 +66,16 @@ BEGIN
         ELSE
             EXECUTE format($q$
                 SELECT EXISTS (
-                    SELECT 1 FROM (SELECT DISTINCT e.project_id, e.resource_type, e.resource_id,
-                                          waybill.metering_kind(e.event_type) AS kind
+                    SELECT 1 FROM (SELECT DISTINCT e.project_id, e.metering_kind AS kind,
+                                          e.resource_type, e.resource_id
                                      FROM %s e
-                                    WHERE waybill.metering_kind(e.event_type) IS NOT NULL) r
+                                    WHERE e.metering_kind IS NOT NULL) r
                      WHERE NOT EXISTS (
                            SELECT 1 FROM waybill.usage_events a
-                            WHERE a.project_id = r.project_id AND a.resource_type = r.resource_type
+                            WHERE a.project_id = r.project_id AND a.metering_kind = r.kind
+                              AND a.resource_type = r.resource_type
                               AND a.resource_id = r.resource_id
-                              AND a.event_type IN ('deployment.started', 'compute.snapshot',
-                                  'volume.created', 'domain.added', 'deployment.stopped',
-                                  'volume.deleted', 'domain.removed')
-                              AND waybill.metering_kind(a.event_type) = r.kind
+                              AND a.metering_value IS NOT NULL  -- a reset
                               AND a.event_time >= $1 AND a.event_time <= $2 AND a.seq <= $3))$q$,
                 v_partition) INTO v_needed USING v_cutoff::timestamptz, v_oldest, coalesce(v_watermark, 0);
             IF v_needed THEN

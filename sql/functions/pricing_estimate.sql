@@ -3,8 +3,8 @@
 --
 -- Inputs: plan (NULL = pay as you go), the month (its length converts storage to
 -- GB-months and is the whole-month segment), the hours the shape runs in it,
--- the shape (replicas, cpu_millicores, memory_mb; GB-equivalent =
--- max(memory_mb / 1024, cpu_millicores / 1000) x replicas), storage GB held for
+-- the shape (replicas, cpu_millicores, memory_mb; GB-equivalent as metering
+-- computes it, waybill.gb_equivalent), storage GB held for
 -- those hours, total build minutes, egress GB and custom domains.
 -- Output: the lines of waybill.price_segment for a whole month on the plan: an
 -- invoice for the same usage in that month has exactly these lines.
@@ -32,7 +32,7 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM waybill.price_segment(
         p_plan_id, v_seconds, v_seconds,
-        greatest(p_memory_mb / 1024, p_cpu_millicores / 1000) * p_replicas * p_hours * 3600,
+        waybill.gb_equivalent(p_replicas, p_cpu_millicores, p_memory_mb) * p_hours * 3600,
         p_storage_gb * p_hours * 3600,
         p_build_minutes * 60,
         p_bandwidth_gb,

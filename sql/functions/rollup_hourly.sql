@@ -3,10 +3,11 @@
 -- Inputs: p_until, an hour boundary (UTC): hours before it are closed and get
 -- computed, later hours wait for a later run. p_max_wait: how long to wait for
 -- transactions still writing events below the safe upper bound.
--- Reads: usage_events with seq in (watermark, safe upper bound]; for a resource
--- whose new events come before its latest applied one (late), its own events
--- from its last reset on (usage_events_resource_idx); resource_current,
--- resource_levels, open_usage and domain_steps (docs/metering.md).
+-- Reads: usage_events with seq in (watermark, safe upper bound], through
+-- usage_events_replay_idx for the time-weighted ones; for a resource whose new
+-- events come before its latest applied one (late), its own events from its
+-- last reset on; resource_current, resource_levels, open_usage and
+-- domain_steps (docs/metering.md).
 -- Output: jsonb summary {events, resources, dirty_days, watermark, closed_until,
 -- waited_for_writers, timings (milliseconds per step)}.
 -- Side effects: resource_current, resource_levels, open_usage, domain_steps,
@@ -34,7 +35,7 @@ DECLARE
     v_mark       timestamptz := clock_timestamp();
     v_timings    jsonb := '{}';
 BEGIN
-    IF p_until IS NULL OR p_until <> date_trunc('hour', p_until, 'UTC') THEN
+    IF p_until IS NULL OR p_until <> waybill.utc_hour(p_until) THEN
         RAISE EXCEPTION 'rollup_hourly: p_until must be an hour boundary, got %', p_until
             USING ERRCODE = '22023';
     END IF;
@@ -51,6 +52,10 @@ BEGIN
     -- Row estimates for the temporary tables are rough; JIT compiling for a
     -- plan that then touches a few thousand rows costs more than it saves.
     PERFORM set_config('jit', 'off', true);
+    -- Plans depend on how many events are new (an hour's worth: by seq and a
+    -- sort; a backfill: the replay index, already sorted), so plan each
+    -- statement for this run's values, never a generic plan of an earlier one.
+    PERFORM set_config('plan_cache_mode', 'force_custom_plan', true);
     BEGIN
         PERFORM set_config('temp_buffers', '512MB', true)
          WHERE pg_size_bytes(current_setting('temp_buffers')) < pg_size_bytes('512MB');
@@ -88,23 +93,13 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    DROP TABLE IF EXISTS pg_temp._m_new, pg_temp._m_points, pg_temp._m_res, pg_temp._m_late,
-        pg_temp._m_rows, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win,
-        pg_temp._m_cells, pg_temp._m_result;
+    DROP TABLE IF EXISTS pg_temp._m_points, pg_temp._m_late, pg_temp._m_rows, pg_temp._m_side,
+        pg_temp._m_final, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win;
 
-    -- 1. The new events: time-weighted ones as they are, point usage summed per
-    -- project and hour (each lands once: the watermark moves in this transaction).
-    CREATE TEMP TABLE _m_new ON COMMIT DROP AS
-    SELECT e.seq, e.project_id, waybill.metering_kind(e.event_type) AS kind, e.resource_type,
-           e.resource_id, e.event_time, e.event_type, e.replicas, e.cpu_millicores, e.memory_mb,
-           e.size_gb
-      FROM waybill.usage_events e
-     WHERE e.seq > v_state.watermark AND e.seq <= v_hi
-       AND waybill.metering_kind(e.event_type) IS NOT NULL;
-    GET DIAGNOSTICS v_events = ROW_COUNT;
-    ANALYZE _m_new;
+    -- 1. Point usage of the new events, summed per project and hour (each event
+    -- lands once: the watermark moves in this transaction).
     CREATE TEMP TABLE _m_points ON COMMIT DROP AS
-    SELECT e.project_id, date_trunc('hour', e.event_time, 'UTC') AS hour,
+    SELECT e.project_id, waybill.utc_hour(e.event_time) AS hour,
            coalesce(sum(e.quantity) FILTER (WHERE e.event_type IN ('build.completed', 'build.failed')), 0)
                AS build_seconds,
            coalesce(sum(e.quantity) FILTER (WHERE e.event_type = 'bandwidth.usage'), 0) AS bandwidth_gb,
@@ -113,92 +108,119 @@ BEGIN
      WHERE e.seq > v_state.watermark AND e.seq <= v_hi
        AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
      GROUP BY 1, 2;
-    v_events := v_events + (SELECT coalesce(sum(p.events), 0) FROM _m_points p);
-
-    -- The hours this run closes: [v_from, v_to). The first run starts at the
-    -- earliest event.
-    v_from := coalesce(v_state.closed_until, date_trunc('hour', least(
-        (SELECT min(n.event_time) FROM _m_new n), (SELECT min(p.hour) FROM _m_points p), p_until),
-        'UTC'));
-    v_to := greatest(p_until, v_from);
-    v_timings := v_timings || jsonb_build_object('read_events_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_timings := v_timings || jsonb_build_object('points_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 2. Touched resources. A resource is late when its earliest new event t0
-    -- comes before its latest applied event (new seqs are higher, so a tie is
-    -- in order). In order, its current state is the seed; late, it is replayed
-    -- from usage_events, from its last applied reset at or before t0 (after a
-    -- reset the state no longer depends on what came before), or from its
-    -- first event.
-    -- rn numbers the touched resources: the replay sorts by it, not by the
-    -- four columns of the resource's key.
-    CREATE TEMP TABLE _m_res ON COMMIT DROP AS
-    SELECT (row_number() OVER ())::integer AS rn, f.project_id, f.kind, f.resource_type,
-           f.resource_id, f.t0,
-           c.event_time AS seed_time, c.seq AS seed_seq, c.active AS seed_active,
-           c.replicas AS seed_replicas, c.cpu_millicores AS seed_cpu, c.memory_mb AS seed_memory,
-           c.size_gb AS seed_size, coalesce(f.t0 < c.event_time, false) AS late
-      FROM (SELECT n.project_id, n.kind, n.resource_type, n.resource_id, min(n.event_time) AS t0
-              FROM _m_new n GROUP BY 1, 2, 3, 4) f
-      LEFT JOIN waybill.resource_current c
-        ON c.project_id = f.project_id AND c.kind = f.kind AND c.resource_type = f.resource_type
-       AND c.resource_id = f.resource_id;
-    GET DIAGNOSTICS v_resources = ROW_COUNT;
-    ANALYZE _m_res;
+    -- 2. Late resources: a new event comes before the resource's latest applied
+    -- one (new seqs are higher, so a tie in time is in order). Such a resource
+    -- is replayed from usage_events, from its last applied reset at or before
+    -- its earliest new event t0 (after a reset the state no longer depends on
+    -- what came before), or from its first event.
     CREATE TEMP TABLE _m_late ON COMMIT DROP AS
-    SELECT r.rn, r.project_id, r.kind, r.resource_type, r.resource_id, a.event_time AS anchor_time,
-           a.seq AS anchor_seq
-      FROM _m_res r
+    SELECT l.project_id, l.kind, l.resource_type, l.resource_id, l.t0,
+           a.event_time AS anchor_time, a.seq AS anchor_seq
+      FROM (SELECT c.project_id, c.kind, c.resource_type, c.resource_id, min(e.event_time) AS t0
+              FROM waybill.usage_events e
+              JOIN waybill.resource_current c
+                ON c.project_id = e.project_id AND c.kind = e.metering_kind
+               AND c.resource_type = e.resource_type AND c.resource_id = e.resource_id
+             WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
+               AND e.event_time < c.event_time
+             GROUP BY 1, 2, 3, 4) l
       LEFT JOIN LATERAL (
             SELECT e.event_time, e.seq FROM waybill.usage_events e
-             WHERE e.project_id = r.project_id AND e.resource_type = r.resource_type
-               AND e.resource_id = r.resource_id
-               AND e.event_type IN ('deployment.started', 'compute.snapshot', 'volume.created',
-                                    'domain.added', 'deployment.stopped', 'volume.deleted',
-                                    'domain.removed')
-               AND waybill.metering_kind(e.event_type) = r.kind
-               AND e.event_time <= r.t0 AND e.seq <= v_state.watermark
-             ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true
-     WHERE r.late;
+             WHERE e.project_id = l.project_id AND e.metering_kind = l.kind
+               AND e.resource_type = l.resource_type AND e.resource_id = l.resource_id
+               AND e.metering_value IS NOT NULL  -- a reset
+               AND e.event_time <= l.t0 AND e.seq <= v_state.watermark
+             ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true;
+    ANALYZE _m_late (t0);  -- the row count is what the plans below need
 
-    -- 3. Replay: per resource, its state after each event in (event_time, seq)
-    -- order. Late resources are replayed twice, with the old events alone and
-    -- with all of them (`old` marks the first); the difference is what changes.
+    -- 3. The in-order resources: one pass over their new events in (resource,
+    -- event_time, seq) order (a backfill reads them sorted from the replay
+    -- index; an hour's worth is sorted in memory). A reset's value is stored
+    -- with the event (metering_value); here -1 stands for "off" (value 0, not
+    -- active), NULL for a modifier, whose state depends on the rows before it.
+    -- The pass keeps only the rows later steps need: those whose change is not
+    -- zero or not known yet (a modifier, the row after one, each resource's
+    -- first row, whose change needs the seed), the reset before a modifier
+    -- (the modifier's starting state), each resource's last row (its new
+    -- current state; n counts its new events), every off event (an anomaly
+    -- when nothing was on), domains (their steps are kept by instant), and rows
+    -- that arrived after a later event of their resource (max_seq > seq: the
+    -- out_of_order check). A row it drops changes nothing: a reset after a
+    -- reset of the same value.
+    CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
+    SELECT r.* FROM (
+        SELECT e.project_id, e.kind, e.resource_type, e.resource_id, e.event_time, e.seq,
+               e.event_type, e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb, e.code,
+               lag(e.code) OVER w AS prev_code, lead(e.code, 1, -2) OVER w AS next_code,
+               count(*) OVER w AS n, max(e.seq) OVER w AS max_seq
+          FROM (SELECT e.project_id, e.metering_kind AS kind, e.resource_type, e.resource_id,
+                       e.event_time, e.seq, e.event_type, e.replicas, e.cpu_millicores,
+                       e.memory_mb, e.size_gb,
+                       CASE WHEN e.event_type IN ('deployment.stopped', 'volume.deleted',
+                                                  'domain.removed') THEN -1
+                            ELSE e.metering_value END AS code
+                  FROM waybill.usage_events e
+                 WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
+                   AND (e.project_id, e.metering_kind, e.resource_type, e.resource_id) NOT IN (
+                        SELECT l.project_id, l.kind, l.resource_type, l.resource_id FROM _m_late l)
+               ) e
+        WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
+                     ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
+    ) r
+     WHERE r.code IS DISTINCT FROM r.prev_code OR r.code IS NULL OR r.code = -1
+        OR r.next_code IS NULL OR r.next_code = -2 OR r.kind = 'domain' OR r.max_seq > r.seq;
+    ANALYZE _m_rows (n);
+    v_timings := v_timings || jsonb_build_object('scan_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
+
+    -- 4. The replay of the rest, per resource in (event_time, seq) order: the
+    -- in-order rows whose state or change the pass could not know (modifiers
+    -- and the rows right after one), each after its starting state (the reset
+    -- before a modifier kept in step 3, or the seed, resource_current, before
+    -- a resource's first row), and every late resource twice, from its
+    -- anchor: with the applied events only (`old`) and with the new ones too;
+    -- the difference is what changes.
     -- A "reset" sets the whole state (a seed or an anchor is one); a modifier
     -- (scaled, resized) changes the fields it carries. A field's value is its
     -- last non-null value (nth_value at the position it was last set), never
     -- older than the last "on" reset, since an "on" carries every field. One
-    -- sort, by (old, rn, event_time, seq), serves every window.
-    CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
+    -- sort, by (old, resource, event_time, seq), serves every window.
+    -- `settled` marks the in-order rows step 3 already knows (seeds and the
+    -- resets before a modifier are only starting states here).
+    CREATE TEMP TABLE _m_side ON COMMIT DROP AS
     WITH input AS (
-        SELECT false AS old, r.rn, r.project_id, r.kind, r.resource_type, r.resource_id,
-               r.seed_time AS event_time, r.seed_seq AS seq, NULL::waybill.event_type AS event_type,
-               true AS is_seed, CASE WHEN r.seed_active THEN 'on' ELSE 'off' END AS reset,
-               r.seed_replicas AS f_r, r.seed_cpu AS f_c, r.seed_memory AS f_m, r.seed_size AS f_s
-          FROM _m_res r WHERE r.seed_time IS NOT NULL AND NOT r.late
+        SELECT false AS old, false AS late, c.project_id, c.kind, c.resource_type, c.resource_id,
+               c.event_time, c.seq, NULL::waybill.event_type AS event_type, true AS is_seed,
+               CASE WHEN c.active THEN 'on' ELSE 'off' END AS reset,
+               c.replicas AS f_r, c.cpu_millicores AS f_c, c.memory_mb AS f_m, c.size_gb AS f_s,
+               true AS settled, false AS last_in_run
+          FROM _m_rows r
+          JOIN waybill.resource_current c
+            ON c.project_id = r.project_id AND c.kind = r.kind
+           AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+         WHERE r.n = 1 AND r.code IS NULL
         UNION ALL
-        SELECT false, r.rn, n.project_id, n.kind, n.resource_type, n.resource_id, n.event_time,
-               n.seq, n.event_type, false, waybill.metering_reset(n.event_type),
-               n.replicas, n.cpu_millicores, n.memory_mb, n.size_gb
-          FROM _m_new n
-          JOIN _m_res r ON r.project_id = n.project_id AND r.kind = n.kind
-                       AND r.resource_type = n.resource_type AND r.resource_id = n.resource_id
-         WHERE NOT r.late
+        SELECT false, false, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
+               r.seq, r.event_type, false, waybill.metering_reset(r.event_type),
+               r.replicas, r.cpu_millicores, r.memory_mb, r.size_gb,
+               r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1), r.next_code = -2
+          FROM _m_rows r
+         WHERE r.code IS NULL OR (r.prev_code IS NULL AND r.n > 1) OR r.next_code IS NULL
         UNION ALL
-        SELECT v.old, l.rn, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time, e.seq,
-               e.event_type, (e.event_time, e.seq) IS NOT DISTINCT FROM (l.anchor_time, l.anchor_seq),
+        SELECT v.old, true, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time,
+               e.seq, e.event_type, (e.event_time, e.seq) IS NOT DISTINCT FROM (l.anchor_time, l.anchor_seq),
                waybill.metering_reset(e.event_type),
-               e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb
+               e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb, false, false
           FROM _m_late l
           JOIN LATERAL (
-                SELECT * FROM waybill.usage_events e
-                 WHERE e.project_id = l.project_id AND e.resource_type = l.resource_type
-                   AND e.resource_id = l.resource_id
-                   AND e.event_type IN ('deployment.started', 'deployment.scaled',
-                                        'deployment.stopped', 'compute.snapshot',
-                                        'volume.created', 'volume.resized', 'volume.deleted',
-                                        'domain.added', 'domain.removed')
-                   AND waybill.metering_kind(e.event_type) = l.kind
+                SELECT e.event_time, e.seq, e.event_type, e.replicas, e.cpu_millicores,
+                       e.memory_mb, e.size_gb
+                  FROM waybill.usage_events e
+                 WHERE e.project_id = l.project_id AND e.metering_kind = l.kind
+                   AND e.resource_type = l.resource_type AND e.resource_id = l.resource_id
                    AND (l.anchor_time IS NULL OR (e.event_time, e.seq) >= (l.anchor_time, l.anchor_seq))
                    AND e.seq <= v_hi) e ON true
          CROSS JOIN (VALUES (false), (true)) v(old)
@@ -206,7 +228,8 @@ BEGIN
     ), numbered AS (
         SELECT i.*, (row_number() OVER w)::integer AS ord
           FROM input i
-        WINDOW w AS (PARTITION BY i.old, i.rn ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind, i.resource_type, i.resource_id
+                     ORDER BY i.event_time, i.seq)
     ), located AS (
         -- where each field was last set: one sort serves every window below
         SELECT i.*,
@@ -216,26 +239,25 @@ BEGIN
                max(CASE WHEN i.f_m IS NOT NULL THEN i.ord END) OVER w AS p_m,
                max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
           FROM numbered i
-        WINDOW w AS (PARTITION BY i.old, i.rn ORDER BY i.event_time, i.seq)
+        WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind, i.resource_type, i.resource_id
+                     ORDER BY i.event_time, i.seq)
     ), carried AS (
         SELECT c.*,
                coalesce(nth_value(c.reset, c.p_reset) OVER w = 'on', false) AS active,
                nth_value(c.f_r, c.p_r) OVER w AS s_r, nth_value(c.f_c, c.p_c) OVER w AS s_c,
                nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
           FROM located c
-        WINDOW w AS (PARTITION BY c.old, c.rn ORDER BY c.event_time, c.seq)
+        WINDOW w AS (PARTITION BY c.old, c.project_id, c.kind, c.resource_type, c.resource_id
+                     ORDER BY c.event_time, c.seq)
     ), valued AS (
-        SELECT k.old, k.rn, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time, k.seq,
-               k.event_type, k.is_seed, k.active,
+        SELECT k.old, k.late, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time,
+               k.seq, k.event_type, k.is_seed, k.settled, k.last_in_run, k.active,
                CASE WHEN k.active AND k.kind = 'compute' THEN k.s_r END AS replicas,
                CASE WHEN k.active AND k.kind = 'compute' THEN k.s_c END AS cpu_millicores,
                CASE WHEN k.active AND k.kind = 'compute' THEN k.s_m END AS memory_mb,
                CASE WHEN k.active AND k.kind = 'volume' THEN k.s_s END AS size_gb,
                CASE WHEN NOT k.active THEN 0
-                    WHEN k.kind = 'compute' THEN
-                        -- 1/1024 = 0.0009765625 exactly: multiplying keeps the value exact
-                        greatest(coalesce(k.s_m, 0) * 0.0009765625, coalesce(k.s_c, 0) * 0.001)
-                        * coalesce(k.s_r, 0)
+                    WHEN k.kind = 'compute' THEN waybill.gb_equivalent(k.s_r, k.s_c, k.s_m)
                     WHEN k.kind = 'volume' THEN coalesce(k.s_s, 0)
                     ELSE 1 END AS value
           FROM carried k
@@ -243,39 +265,100 @@ BEGIN
     SELECT v.*,
            v.value - coalesce(lag(v.value) OVER w, 0) AS value_delta,
            coalesce(lag(v.active) OVER w, false) AS prev_active,
-           lead(v.seq) OVER w IS NULL AS is_last,
-           -- seq order differs from time order somewhere in this partition
-           v.seq < lag(v.seq) OVER w AS overtaken
+           -- late rows: the last of the replay; in-order rows: the last of the run
+           CASE WHEN v.late THEN lead(v.seq) OVER w IS NULL ELSE v.last_in_run END AS is_last
       FROM valued v
-    WINDOW w AS (PARTITION BY v.old, v.rn ORDER BY v.event_time, v.seq);
+    WINDOW w AS (PARTITION BY v.old, v.project_id, v.kind, v.resource_type, v.resource_id
+                 ORDER BY v.event_time, v.seq);
+
+    -- Every replayed event with its state after it, its change of value and
+    -- whether its resource was active before it: the resets step 3 settled
+    -- (a resource's first row against its seed), and the others from the
+    -- replay (seeds and anchors are starting states only).
+    CREATE TEMP TABLE _m_final ON COMMIT DROP AS
+    SELECT false AS old, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
+           r.seq, r.event_type, r.code >= 0 AS active,
+           CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.replicas END AS replicas,
+           CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.cpu_millicores END AS cpu_millicores,
+           CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.memory_mb END AS memory_mb,
+           CASE WHEN r.code >= 0 AND r.kind = 'volume' THEN r.size_gb END AS size_gb,
+           greatest(r.code, 0) AS value,
+           greatest(r.code, 0) - CASE WHEN r.n = 1 THEN coalesce(c.value, 0)
+                                      ELSE greatest(r.prev_code, 0) END AS value_delta,
+           CASE WHEN r.n = 1 THEN coalesce(c.active, false) ELSE r.prev_code >= 0 END AS prev_active,
+           r.next_code = -2 AS is_last
+      FROM _m_rows r
+      LEFT JOIN waybill.resource_current c
+        ON r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
+       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+     WHERE r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1)
+    UNION ALL
+    SELECT s.old, s.project_id, s.kind, s.resource_type, s.resource_id, s.event_time, s.seq,
+           s.event_type, s.active, s.replicas, s.cpu_millicores, s.memory_mb, s.size_gb, s.value,
+           s.value_delta, s.prev_active, s.is_last
+      FROM _m_side s
+     WHERE NOT s.is_seed AND NOT s.settled;
+    v_resources := (SELECT count(*) FROM _m_rows r WHERE r.next_code = -2)
+                 + (SELECT count(*) FROM _m_late);
+    v_events := (SELECT coalesce(sum(r.n), 0) FROM _m_rows r WHERE r.next_code = -2)
+              + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark)
+              + (SELECT coalesce(sum(p.events), 0) FROM _m_points p);
+    -- The hours this run closes: [v_from, v_to). The first run starts at the
+    -- earliest event.
+    v_from := coalesce(v_state.closed_until, waybill.utc_hour(least(
+        (SELECT min(f.event_time) FROM _m_final f), (SELECT min(p.hour) FROM _m_points p), p_until)));
+    v_to := greatest(p_until, v_from);
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 4. State and anomalies. out_of_order depends on seq order alone, so it is
-    -- decided once, when the event arrives, and only where seq order and time
-    -- order disagree. The other anomalies are re-derived for every replayed
-    -- event (not for seeds or anchors: their state is the one they had).
+    -- 5. State and anomalies. out_of_order depends on arrival order alone, so it
+    -- is decided once, when the event arrives: an event is out of order when an
+    -- earlier-arrived event of its resource (lower seq) has a later time. Only
+    -- resources whose arrival and time order disagree can have one: the late
+    -- ones and those step 3 flagged. Their events from the starting point on
+    -- (anchor or seed; nothing before it is later in time) are read in seq order.
+    -- The other anomalies are re-derived for every replayed event.
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
                                             resource_id, event_type, event_time, detail)
     SELECT o.seq, 'out_of_order', o.project_id, o.kind, o.resource_type, o.resource_id,
            o.event_type, o.event_time,
            format('event time %s is before %s, already received for this resource',
                   o.event_time, o.prior_max)
-      FROM (SELECT w.*, max(w.event_time) OVER (PARTITION BY w.rn ORDER BY w.seq
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max
-              FROM _m_rows w
-             WHERE NOT w.old AND w.rn IN (SELECT x.rn FROM _m_rows x WHERE x.overtaken AND NOT x.old)) o
+      FROM (SELECT f.project_id, f.kind, f.resource_type, f.resource_id, e.seq, e.event_type,
+                   e.event_time,
+                   max(e.event_time) OVER (PARTITION BY f.project_id, f.kind, f.resource_type,
+                                                        f.resource_id
+                                           ORDER BY e.seq
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                       AS prior_max
+              FROM (SELECT l.project_id, l.kind, l.resource_type, l.resource_id,
+                           l.anchor_time AS from_time, l.anchor_seq AS from_seq
+                      FROM _m_late l
+                    UNION ALL
+                    SELECT DISTINCT r.project_id, r.kind, r.resource_type, r.resource_id,
+                           c.event_time, c.seq
+                      FROM _m_rows r
+                      LEFT JOIN waybill.resource_current c
+                        ON c.project_id = r.project_id AND c.kind = r.kind
+                       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+                     WHERE r.max_seq > r.seq) f
+              JOIN LATERAL (
+                    SELECT e.seq, e.event_type, e.event_time FROM waybill.usage_events e
+                     WHERE e.project_id = f.project_id AND e.metering_kind = f.kind
+                       AND e.resource_type = f.resource_type AND e.resource_id = f.resource_id
+                       AND (f.from_time IS NULL OR (e.event_time, e.seq) >= (f.from_time, f.from_seq))
+                       AND e.seq <= v_hi) e ON true) o
      WHERE o.seq > v_state.watermark AND o.event_time < o.prior_max
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
     DELETE FROM waybill.metering_anomalies a
-     USING _m_rows w
-     WHERE w.old AND NOT w.is_seed AND a.project_id = w.project_id AND a.seq = w.seq
+     USING _m_final w
+     WHERE w.old AND a.project_id = w.project_id AND a.seq = w.seq
        AND a.anomaly <> 'out_of_order';
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
                                             resource_id, event_type, event_time, detail)
     SELECT w.seq, a.anomaly, w.project_id, w.kind, w.resource_type, w.resource_id,
            w.event_type, w.event_time, a.detail
-      FROM _m_rows w
+      FROM _m_final w
       JOIN (VALUES
             ('deployment.stopped'::waybill.event_type, 'stop_without_running',
              'stopped while not running; nothing to stop'),
@@ -284,54 +367,75 @@ BEGIN
             ('volume.deleted', 'delete_unknown_volume', 'deleted a volume that does not exist'),
             ('domain.removed', 'remove_unattached_domain', 'removed a domain that is not attached')
            ) a(event_type, anomaly, detail) ON a.event_type = w.event_type
-     WHERE NOT w.old AND NOT w.is_seed AND NOT w.prev_active
+     WHERE NOT w.old AND NOT w.prev_active
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
-    INSERT INTO waybill.resource_current AS c (project_id, kind, resource_type, resource_id,
+    -- The new current states: most resources have one already (an update in
+    -- place, found by a join), new ones are inserted.
+    WITH moved AS (
+        UPDATE waybill.resource_current c
+           SET event_time = w.event_time, seq = w.seq, active = w.active, replicas = w.replicas,
+               cpu_millicores = w.cpu_millicores, memory_mb = w.memory_mb, size_gb = w.size_gb,
+               value = w.value
+          FROM _m_final w
+         WHERE w.is_last AND NOT w.old AND c.project_id = w.project_id AND c.kind = w.kind
+           AND c.resource_type = w.resource_type AND c.resource_id = w.resource_id
+        RETURNING c.project_id, c.kind, c.resource_type, c.resource_id
+    )
+    INSERT INTO waybill.resource_current (project_id, kind, resource_type, resource_id,
         event_time, seq, active, replicas, cpu_millicores, memory_mb, size_gb, value)
     SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq, w.active,
            w.replicas, w.cpu_millicores, w.memory_mb, w.size_gb, w.value
-      FROM _m_rows w WHERE w.is_last AND NOT w.old
-    ON CONFLICT ON CONSTRAINT resource_current_pkey DO UPDATE
-       SET event_time = excluded.event_time, seq = excluded.seq, active = excluded.active,
-           replicas = excluded.replicas, cpu_millicores = excluded.cpu_millicores,
-           memory_mb = excluded.memory_mb, size_gb = excluded.size_gb, value = excluded.value;
+      FROM _m_final w
+     WHERE w.is_last AND NOT w.old
+       AND NOT EXISTS (SELECT 1 FROM moved m
+                        WHERE m.project_id = w.project_id AND m.kind = w.kind
+                          AND m.resource_type = w.resource_type AND m.resource_id = w.resource_id);
     v_timings := v_timings || jsonb_build_object('write_states_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 5. What the new events change: each replayed event's change of value
-    -- (minus its change in the old replay), per project and hour: the change of
-    -- level, and that change times the seconds left in its hour, which is what
-    -- it adds to the hour's GB-seconds. Point usage joins them. Domains keep
-    -- the instant: the most attached at once is not a sum.
+    -- 6. What changes, per project and hour: each replayed event's change of
+    -- value (minus its change in the old replay) summed by hour, as the change
+    -- of level and that change times the seconds left in its hour (what it
+    -- adds to the hour's GB-seconds); point usage; and, for the hours this run
+    -- closes, what earlier runs left open for them (open_usage). Each source is
+    -- already summed per project and hour, so they are joined, not summed
+    -- again. Domains keep the instant: the most attached at once is not a sum.
     CREATE TEMP TABLE _m_changes ON COMMIT DROP AS
-    SELECT x.project_id, x.hour, sum(x.compute_delta) AS compute_delta,
-           sum(x.compute_weighted) AS compute_weighted, sum(x.storage_delta) AS storage_delta,
-           sum(x.storage_weighted) AS storage_weighted, sum(x.build_seconds) AS build_seconds,
-           sum(x.bandwidth_gb) AS bandwidth_gb
-      FROM (SELECT c.project_id, c.hour,
-                   coalesce(sum(c.d) FILTER (WHERE c.kind = 'compute'), 0) AS compute_delta,
-                   coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'compute'), 0)
-                       AS compute_weighted,
-                   coalesce(sum(c.d) FILTER (WHERE c.kind = 'volume'), 0) AS storage_delta,
-                   coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'volume'), 0)
-                       AS storage_weighted,
-                   0 AS build_seconds, 0 AS bandwidth_gb
-              FROM (SELECT w.project_id, w.kind, h.hour,
-                           CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END AS d,
-                           extract(epoch FROM h.hour + interval '1 hour' - w.event_time) AS seconds_left
-                      FROM _m_rows w
-                     CROSS JOIN LATERAL (SELECT date_trunc('hour', w.event_time, 'UTC') AS hour) h
-                     WHERE NOT w.is_seed AND w.value_delta <> 0 AND w.kind <> 'domain') c
-             GROUP BY c.project_id, c.hour
-            UNION ALL
-            SELECT p.project_id, p.hour, 0, 0, 0, 0, p.build_seconds, p.bandwidth_gb
-              FROM _m_points p) x
-     GROUP BY x.project_id, x.hour;
+    WITH weighted AS (
+        SELECT c.project_id, c.hour,
+               coalesce(sum(c.d) FILTER (WHERE c.kind = 'compute'), 0) AS compute_delta,
+               coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'compute'), 0)
+                   AS compute_weighted,
+               coalesce(sum(c.d) FILTER (WHERE c.kind = 'volume'), 0) AS storage_delta,
+               coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'volume'), 0)
+                   AS storage_weighted
+          FROM (SELECT w.project_id, w.kind, h.hour,
+                       CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END AS d,
+                       extract(epoch FROM h.hour + interval '1 hour' - w.event_time) AS seconds_left
+                  FROM _m_final w
+                 CROSS JOIN LATERAL (SELECT waybill.utc_hour(w.event_time) AS hour) h
+                 WHERE w.value_delta <> 0 AND w.kind <> 'domain') c
+         GROUP BY c.project_id, c.hour
+    ), opened AS (
+        SELECT o.* FROM waybill.open_usage o WHERE o.hour < v_to
+    )
+    SELECT coalesce(w.project_id, p.project_id, o.project_id) AS project_id,
+           coalesce(w.hour, p.hour, o.hour) AS hour,
+           coalesce(w.compute_delta, 0) + coalesce(o.compute_delta, 0) AS compute_delta,
+           coalesce(w.compute_weighted, 0) + coalesce(o.compute_weighted, 0) AS compute_weighted,
+           coalesce(w.storage_delta, 0) + coalesce(o.storage_delta, 0) AS storage_delta,
+           coalesce(w.storage_weighted, 0) + coalesce(o.storage_weighted, 0) AS storage_weighted,
+           coalesce(p.build_seconds, 0) + coalesce(o.build_seconds, 0) AS build_seconds,
+           coalesce(p.bandwidth_gb, 0) + coalesce(o.bandwidth_gb, 0) AS bandwidth_gb
+      FROM weighted w
+      FULL JOIN _m_points p ON p.project_id = w.project_id AND p.hour = w.hour
+      FULL JOIN opened o
+        ON o.project_id = coalesce(w.project_id, p.project_id) AND o.hour = coalesce(w.hour, p.hour);
     CREATE TEMP TABLE _m_dsteps ON COMMIT DROP AS
     SELECT w.project_id, w.event_time AS at,
            sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END)::integer AS delta
-      FROM _m_rows w
-     WHERE NOT w.is_seed AND w.value_delta <> 0 AND w.kind = 'domain'
+      FROM _m_final w
+     WHERE w.value_delta <> 0 AND w.kind = 'domain'
      GROUP BY w.project_id, w.event_time
     HAVING sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END) <> 0;
     INSERT INTO waybill.domain_steps AS s (project_id, at, delta)
@@ -340,27 +444,26 @@ BEGIN
     DELETE FROM waybill.domain_steps s
      USING _m_dsteps d WHERE s.project_id = d.project_id AND s.at = d.at AND s.delta = 0;
 
-    -- 6. The cells. Per project, one window of hours [lo, v_to): the new hours
-    -- [v_from, v_to) for every project with a level or a change there, and,
-    -- before them, the closed hours from the first one this run changes. Over
-    -- the window, hour by hour: the level at the hour's start is the sum of
-    -- the changes before it, plus (new hours only) the level at v_from; the
-    -- hour's GB-seconds are 3600 x that level plus its weighted changes. For
-    -- closed hours the time-weighted and point sums are differences, added to
-    -- the stored cell; domains are recomputed outright from domain_steps.
+    -- 7. The windows of the cells. Per project, one window of hours [lo, v_to):
+    -- the new hours [v_from, v_to) for every project with a level or a change
+    -- there, and, before them, the closed hours from the first one this run
+    -- changes. Over the window, hour by hour: the level at the hour's start is
+    -- the sum of the changes before it, plus (new hours only) the level at
+    -- v_from; the hour's GB-seconds are 3600 x that level plus its weighted
+    -- changes. For closed hours the time-weighted and point sums are
+    -- differences, added to the stored cell; domains are recomputed outright
+    -- from domain_steps.
     CREATE TEMP TABLE _m_win ON COMMIT DROP AS
     WITH spans AS (
         SELECT x.project_id, min(x.hour) AS lo
           FROM (SELECT c.project_id, least(c.hour, v_from) AS hour FROM _m_changes c
                  WHERE c.hour < v_to
                 UNION ALL
-                SELECT d.project_id, least(date_trunc('hour', d.at, 'UTC'), v_from) FROM _m_dsteps d
+                SELECT d.project_id, least(waybill.utc_hour(d.at), v_from) FROM _m_dsteps d
                  WHERE d.at < v_to
                 UNION ALL
                 SELECT l.project_id, v_from FROM waybill.resource_levels l
                  WHERE v_to > v_from AND l.level <> 0
-                UNION ALL
-                SELECT o.project_id, v_from FROM waybill.open_usage o WHERE o.hour < v_to
                 UNION ALL
                 SELECT s.project_id, v_from FROM waybill.domain_steps s
                  WHERE s.at >= v_from AND s.at < v_to) x
@@ -380,96 +483,40 @@ BEGIN
       LEFT JOIN LATERAL (SELECT sum(s.delta) AS delta FROM waybill.domain_steps s
                           WHERE w.lo < v_from AND s.project_id = w.project_id
                             AND s.at >= w.lo AND s.at < v_from) sd ON true;
-    ANALYZE _m_win;
-
-    CREATE TEMP TABLE _m_cells ON COMMIT DROP AS
-    WITH inputs AS (
-        SELECT c.project_id, c.hour, c.compute_delta, c.compute_weighted, c.storage_delta,
-               c.storage_weighted, c.build_seconds, c.bandwidth_gb
-          FROM _m_changes c WHERE c.hour < v_to
-        UNION ALL
-        SELECT o.project_id, o.hour, o.compute_delta, o.compute_weighted, o.storage_delta,
-               o.storage_weighted, o.build_seconds, o.bandwidth_gb
-          FROM waybill.open_usage o WHERE o.hour < v_to
-    ), per_hour AS (
-        SELECT i.project_id, i.hour, sum(i.compute_delta) AS cd, sum(i.compute_weighted) AS cw,
-               sum(i.storage_delta) AS sd, sum(i.storage_weighted) AS sw,
-               sum(i.build_seconds) AS build_seconds, sum(i.bandwidth_gb) AS bandwidth_gb
-          FROM inputs i GROUP BY i.project_id, i.hour
-    ), domain_hours AS (
-        -- per hour: the change of attached domains, the highest running change
-        -- after any instant in it (all events at an instant together), and
-        -- whether an instant is the hour's start (then the level before the
-        -- hour does not hold for any time inside it)
-        SELECT s.project_id, s.hour, sum(s.delta) AS dd, max(s.running) AS peak,
-               bool_or(s.at = s.hour) AS at_start
-          FROM (SELECT s.project_id, s.at, date_trunc('hour', s.at, 'UTC') AS hour, s.delta,
-                       sum(s.delta) OVER (PARTITION BY s.project_id, date_trunc('hour', s.at, 'UTC')
-                                          ORDER BY s.at) AS running
-                  FROM _m_win w
-                  JOIN waybill.domain_steps s
-                    ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
-         GROUP BY s.project_id, s.hour
-    ), grid AS (
-        SELECT b.project_id, g.hour, b.compute, b.storage, b.domains,
-               coalesce(p.cd, 0) AS cd, coalesce(p.cw, 0) AS cw, coalesce(p.sd, 0) AS sd,
-               coalesce(p.sw, 0) AS sw, coalesce(p.build_seconds, 0) AS build_seconds,
-               coalesce(p.bandwidth_gb, 0) AS bandwidth_gb,
-               coalesce(d.dd, 0) AS dd,
-               CASE WHEN d.at_start THEN d.peak ELSE greatest(coalesce(d.peak, 0), 0) END AS peak
-          FROM _m_win b
-         CROSS JOIN LATERAL generate_series(b.lo, v_to - interval '1 hour', interval '1 hour') g(hour)
-          LEFT JOIN per_hour p ON p.project_id = b.project_id AND p.hour = g.hour
-          LEFT JOIN domain_hours d ON d.project_id = b.project_id AND d.hour = g.hour
-    )
-    SELECT r.project_id, r.hour, r.hour < v_from AS closed,
-           3600 * (CASE WHEN r.hour < v_from THEN 0 ELSE r.compute END + r.cd_before) + r.cw
-               AS compute_gb_seconds,
-           3600 * (CASE WHEN r.hour < v_from THEN 0 ELSE r.storage END + r.sd_before) + r.sw
-               AS storage_gb_seconds,
-           r.build_seconds, r.bandwidth_gb,
-           (r.domains + r.dd_before + r.peak)::integer AS custom_domains,
-           -- the levels at v_to, on each project's last row
-           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.compute + r.cd_before + r.cd END
-               AS compute_level,
-           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.storage + r.sd_before + r.sd END
-               AS storage_level,
-           CASE WHEN r.hour = v_to - interval '1 hour' THEN r.domains + r.dd_before + r.dd END
-               AS domain_level
-      FROM (SELECT g.*,
-                   sum(g.cd) OVER w - g.cd AS cd_before, sum(g.sd) OVER w - g.sd AS sd_before,
-                   sum(g.dd) OVER w - g.dd AS dd_before
-              FROM grid g
-            WINDOW w AS (PARTITION BY g.project_id ORDER BY g.hour ROWS UNBOUNDED PRECEDING)) r;
-
-    -- Closed hours: the stored cell plus the differences; new hours as computed.
-    CREATE TEMP TABLE _m_result ON COMMIT DROP AS
-    SELECT c.project_id, c.hour,
-           coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
-           coalesce(h.storage_gb_seconds, 0) + c.storage_gb_seconds AS storage_gb_seconds,
-           coalesce(h.build_seconds, 0) + c.build_seconds AS build_seconds,
-           coalesce(h.bandwidth_gb, 0) + c.bandwidth_gb AS bandwidth_gb,
-           c.custom_domains
-      FROM _m_cells c
-      LEFT JOIN waybill.hourly_usage h ON h.project_id = c.project_id AND h.hour = c.hour
-     WHERE c.closed
-    UNION ALL
-    SELECT c.project_id, c.hour, c.compute_gb_seconds, c.storage_gb_seconds, c.build_seconds,
-           c.bandwidth_gb, c.custom_domains
-      FROM _m_cells c WHERE NOT c.closed;
+    ANALYZE _m_win (lo);
     v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 7. The levels at v_to, and what stays open: changes in hours from v_to on.
+    -- 8. The levels at v_to: the level at v_from plus every change in the
+    -- window (domains: the level before lo plus every step in the window); and
+    -- what stays open: changes in hours from v_to on.
+    WITH levels AS (
+        SELECT b.project_id, k.kind, k.level
+          FROM _m_win b
+          LEFT JOIN (SELECT c.project_id, sum(c.compute_delta) AS cd, sum(c.storage_delta) AS sd
+                       FROM _m_changes c WHERE c.hour < v_to GROUP BY c.project_id) c
+            ON c.project_id = b.project_id
+          LEFT JOIN (SELECT s.project_id, sum(s.delta) AS dd
+                       FROM _m_win w
+                       JOIN waybill.domain_steps s
+                         ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to
+                      GROUP BY s.project_id) d
+            ON d.project_id = b.project_id
+         CROSS JOIN LATERAL (VALUES ('compute', b.compute + coalesce(c.cd, 0)),
+                                    ('volume', b.storage + coalesce(c.sd, 0)),
+                                    ('domain', b.domains + coalesce(d.dd, 0))) k(kind, level)
+    ), changed AS (  -- most levels stay as they were: write only the others
+        SELECT n.project_id, n.kind, n.level, o.project_id IS NOT NULL AS stored
+          FROM levels n
+          LEFT JOIN waybill.resource_levels o ON o.project_id = n.project_id AND o.kind = n.kind
+         WHERE n.level IS DISTINCT FROM coalesce(o.level, 0)
+    ), removed AS (
+        DELETE FROM waybill.resource_levels l USING changed c
+         WHERE c.stored AND c.level = 0 AND l.project_id = c.project_id AND l.kind = c.kind
+    )
     INSERT INTO waybill.resource_levels AS l (project_id, kind, level)
-    SELECT c.project_id, k.kind, k.level
-      FROM _m_cells c
-     CROSS JOIN LATERAL (VALUES ('compute', c.compute_level), ('volume', c.storage_level),
-                                ('domain', c.domain_level)) k(kind, level)
-     WHERE c.hour = v_to - interval '1 hour'
-    ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE SET level = excluded.level
-     WHERE l.level <> excluded.level;
-    DELETE FROM waybill.resource_levels l WHERE l.level = 0;
+    SELECT c.project_id, c.kind, c.level FROM changed c WHERE c.level <> 0
+    ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE SET level = excluded.level;
     DELETE FROM waybill.open_usage o WHERE o.hour < v_to;
     INSERT INTO waybill.open_usage AS o (project_id, hour, compute_delta, compute_weighted,
         storage_delta, storage_weighted, build_seconds, bandwidth_gb)
@@ -489,15 +536,85 @@ BEGIN
        AND (o.compute_delta, o.compute_weighted, o.storage_delta, o.storage_weighted,
             o.build_seconds, o.bandwidth_gb) = (0, 0, 0, 0, 0, 0);
 
-    -- 8. Write the cells that changed; note their days for the daily rollup.
-    -- Closed hours (< v_from) may hold rows: delete the ones now zero, upsert
-    -- the rest where a value changed. New hours (>= v_from) never hold a row
-    -- (rows are only written below closed_until, which only grows), so they are
-    -- plain inserts.
-    WITH removed AS (
+    -- 9. Write the cells; note the days of those that changed for the daily
+    -- rollup. Hours where something changes ("marks") are computed from their
+    -- changes; the hours between two marks, before a window's first mark and
+    -- after its last one change nothing, so they hold the level reached so far.
+    -- Closed hours (< v_from) may hold rows: the stored cell plus the
+    -- differences; a cell that became all zero goes, the others are written
+    -- where a value changed. New hours (>= v_from) never hold a row (rows are
+    -- only written below closed_until, which only grows): plain inserts.
+    WITH domain_hours AS (
+        -- per hour: the change of attached domains, the highest running change
+        -- after any instant in it (all events at an instant together), and
+        -- whether an instant is the hour's start (then the level before the
+        -- hour does not hold for any time inside it)
+        SELECT s.project_id, s.hour, sum(s.delta) AS dd, max(s.running) AS peak,
+               bool_or(s.at = s.hour) AS at_start
+          FROM (SELECT s.project_id, s.at, waybill.utc_hour(s.at) AS hour, s.delta,
+                       sum(s.delta) OVER (PARTITION BY s.project_id, waybill.utc_hour(s.at)
+                                          ORDER BY s.at) AS running
+                  FROM _m_win w
+                  JOIN waybill.domain_steps s
+                    ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
+         GROUP BY s.project_id, s.hour
+    ), marks AS (
+        -- each mark with the sums of the changes before it in its window
+        SELECT m.*,
+               sum(m.cd) OVER w - m.cd AS cd_before, sum(m.sd) OVER w - m.sd AS sd_before,
+               sum(m.dd) OVER w - m.dd AS dd_before, lag(m.hour) OVER w IS NULL AS is_first,
+               coalesce(lead(m.hour) OVER w, v_to) AS next_hour
+          FROM (SELECT b.project_id, b.lo, b.compute, b.storage, b.domains,
+                       coalesce(c.hour, d.hour) AS hour,
+                       coalesce(c.compute_delta, 0) AS cd, coalesce(c.compute_weighted, 0) AS cw,
+                       coalesce(c.storage_delta, 0) AS sd, coalesce(c.storage_weighted, 0) AS sw,
+                       coalesce(c.build_seconds, 0) AS build_seconds,
+                       coalesce(c.bandwidth_gb, 0) AS bandwidth_gb, coalesce(d.dd, 0) AS dd,
+                       CASE WHEN d.at_start THEN d.peak ELSE greatest(coalesce(d.peak, 0), 0) END
+                           AS peak
+                  FROM (SELECT c.* FROM _m_changes c WHERE c.hour < v_to) c
+                  FULL JOIN domain_hours d ON d.project_id = c.project_id AND d.hour = c.hour
+                  JOIN _m_win b ON b.project_id = coalesce(c.project_id, d.project_id)) m
+        WINDOW w AS (PARTITION BY m.project_id ORDER BY m.hour ROWS UNBOUNDED PRECEDING)
+    ), cells AS (
+        -- each mark's hour and the hours after it up to the next mark (or
+        -- v_to), the first mark's also those from the window's start
+        SELECT m.project_id, g.hour, g.hour < v_from AS closed,
+               3600 * (CASE WHEN g.hour < v_from THEN 0 ELSE m.compute END
+                       + CASE WHEN g.hour > m.hour THEN m.cd_before + m.cd ELSE m.cd_before END)
+               + CASE WHEN g.hour = m.hour THEN m.cw ELSE 0 END AS compute_gb_seconds,
+               3600 * (CASE WHEN g.hour < v_from THEN 0 ELSE m.storage END
+                       + CASE WHEN g.hour > m.hour THEN m.sd_before + m.sd ELSE m.sd_before END)
+               + CASE WHEN g.hour = m.hour THEN m.sw ELSE 0 END AS storage_gb_seconds,
+               CASE WHEN g.hour = m.hour THEN m.build_seconds ELSE 0 END AS build_seconds,
+               CASE WHEN g.hour = m.hour THEN m.bandwidth_gb ELSE 0 END AS bandwidth_gb,
+               (m.domains + CASE WHEN g.hour > m.hour THEN m.dd_before + m.dd ELSE m.dd_before END
+                + CASE WHEN g.hour = m.hour THEN m.peak ELSE 0 END)::integer AS custom_domains
+          FROM marks m
+         CROSS JOIN LATERAL generate_series(CASE WHEN m.is_first THEN m.lo ELSE m.hour END,
+                                            m.next_hour - interval '1 hour', interval '1 hour') g(hour)
+        UNION ALL  -- a window without a mark holds its level at v_from throughout
+        SELECT b.project_id, g.hour, g.hour < v_from,
+               3600 * CASE WHEN g.hour < v_from THEN 0 ELSE b.compute END,
+               3600 * CASE WHEN g.hour < v_from THEN 0 ELSE b.storage END, 0, 0,
+               b.domains::integer
+          FROM _m_win b
+         CROSS JOIN LATERAL generate_series(b.lo, v_to - interval '1 hour', interval '1 hour') g(hour)
+         WHERE NOT EXISTS (SELECT 1 FROM marks m WHERE m.project_id = b.project_id)
+    ), closed AS (
+        SELECT c.project_id, c.hour, h.project_id IS NOT NULL AS stored,
+               coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
+               coalesce(h.storage_gb_seconds, 0) + c.storage_gb_seconds AS storage_gb_seconds,
+               coalesce(h.build_seconds, 0) + c.build_seconds AS build_seconds,
+               coalesce(h.bandwidth_gb, 0) + c.bandwidth_gb AS bandwidth_gb,
+               c.custom_domains
+          FROM cells c
+          LEFT JOIN waybill.hourly_usage h ON h.project_id = c.project_id AND h.hour = c.hour
+         WHERE c.closed
+    ), removed AS (
         DELETE FROM waybill.hourly_usage h
-         USING _m_result r
-         WHERE r.hour < v_from AND h.project_id = r.project_id AND h.hour = r.hour
+         USING closed r
+         WHERE r.stored AND h.project_id = r.project_id AND h.hour = r.hour
            AND r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0 AND r.build_seconds = 0
            AND r.bandwidth_gb = 0 AND r.custom_domains = 0
         RETURNING h.project_id, h.hour
@@ -506,9 +623,8 @@ BEGIN
             storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)
         SELECT r.project_id, r.hour, r.compute_gb_seconds, r.storage_gb_seconds, r.build_seconds,
                r.bandwidth_gb, r.custom_domains, now()
-          FROM _m_result r
-         WHERE r.hour < v_from
-           AND NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0
+          FROM closed r
+         WHERE NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0
                     AND r.build_seconds = 0 AND r.bandwidth_gb = 0 AND r.custom_domains = 0)
         ON CONFLICT ON CONSTRAINT hourly_usage_pkey DO UPDATE
            SET compute_gb_seconds = excluded.compute_gb_seconds,
@@ -523,12 +639,12 @@ BEGIN
     ), added AS (
         INSERT INTO waybill.hourly_usage (project_id, hour, compute_gb_seconds,
             storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)
-        SELECT r.project_id, r.hour, r.compute_gb_seconds, r.storage_gb_seconds, r.build_seconds,
-               r.bandwidth_gb, r.custom_domains, now()
-          FROM _m_result r
-         WHERE r.hour >= v_from
-           AND NOT (r.compute_gb_seconds = 0 AND r.storage_gb_seconds = 0
-                    AND r.build_seconds = 0 AND r.bandwidth_gb = 0 AND r.custom_domains = 0)
+        SELECT c.project_id, c.hour, c.compute_gb_seconds, c.storage_gb_seconds, c.build_seconds,
+               c.bandwidth_gb, c.custom_domains, now()
+          FROM cells c
+         WHERE NOT c.closed
+           AND NOT (c.compute_gb_seconds = 0 AND c.storage_gb_seconds = 0
+                    AND c.build_seconds = 0 AND c.bandwidth_gb = 0 AND c.custom_domains = 0)
         RETURNING project_id, hour
     ), changed AS (
         SELECT * FROM removed UNION ALL SELECT * FROM written UNION ALL SELECT * FROM added
