@@ -31,9 +31,13 @@ DECLARE
     v_to         timestamptz;
     v_events     bigint;
     v_resources  bigint;
+    v_late       bigint;
     v_cells      bigint;
     v_mark       timestamptz := clock_timestamp();
     v_timings    jsonb := '{}';
+    v_parallel_setup text := current_setting('parallel_setup_cost');
+    v_parallel_tuple text := current_setting('parallel_tuple_cost');
+    v_mergejoin      text := current_setting('enable_mergejoin');
 BEGIN
     IF p_until IS NULL OR p_until <> waybill.utc_hour(p_until) THEN
         RAISE EXCEPTION 'rollup_hourly: p_until must be an hour boundary, got %', p_until
@@ -97,7 +101,10 @@ BEGIN
         pg_temp._m_final, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win;
 
     -- 1. Point usage of the new events, summed per project and hour (each event
-    -- lands once: the watermark moves in this transaction).
+    -- lands once: the watermark moves in this transaction). A backfill's scan
+    -- of the whole table is worth sharing with parallel workers.
+    PERFORM set_config('parallel_setup_cost', '100', true),
+            set_config('parallel_tuple_cost', '0.001', true);
     CREATE TEMP TABLE _m_points ON COMMIT DROP AS
     SELECT e.project_id, waybill.utc_hour(e.event_time) AS hour,
            coalesce(sum(e.quantity) FILTER (WHERE e.event_type IN ('build.completed', 'build.failed')), 0)
@@ -108,6 +115,8 @@ BEGIN
      WHERE e.seq > v_state.watermark AND e.seq <= v_hi
        AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
      GROUP BY 1, 2;
+    PERFORM set_config('parallel_setup_cost', v_parallel_setup, true),
+            set_config('parallel_tuple_cost', v_parallel_tuple, true);
     v_timings := v_timings || jsonb_build_object('points_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
@@ -135,43 +144,50 @@ BEGIN
                AND e.event_time <= l.t0 AND e.seq <= v_state.watermark
              ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true;
     ANALYZE _m_late (t0);  -- the row count is what the plans below need
+    v_late := (SELECT count(*) FROM _m_late);
 
     -- 3. The in-order resources: one pass over their new events in (resource,
     -- event_time, seq) order (a backfill reads them sorted from the replay
     -- index; an hour's worth is sorted in memory). A reset's value is stored
-    -- with the event (metering_value); here -1 stands for "off" (value 0, not
-    -- active), NULL for a modifier, whose state depends on the rows before it.
+    -- with the event (metering_value); in `code`, -1 stands for "off" (value 0,
+    -- not active), NULL for a modifier, whose state depends on the rows before
+    -- it; `effect` says the same as a small integer (0 on, 1 off, 2 modifier;
+    -- 3 for "no next row"), cheaper to carry and compare.
     -- The pass keeps only the rows later steps need: those whose change is not
     -- zero or not known yet (a modifier, the row after one, each resource's
     -- first row, whose change needs the seed), the reset before a modifier
     -- (the modifier's starting state), each resource's last row (its new
     -- current state; n counts its new events), every off event (an anomaly
-    -- when nothing was on), domains (their steps are kept by instant), and rows
-    -- that arrived after a later event of their resource (max_seq > seq: the
-    -- out_of_order check). A row it drops changes nothing: a reset after a
-    -- reset of the same value.
+    -- when nothing was on), and rows that arrived after a later event of
+    -- their resource (max_seq > seq: the out_of_order check). A row it drops
+    -- changes nothing: a reset after a reset of the same value.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     SELECT r.* FROM (
         SELECT e.project_id, e.kind, e.resource_type, e.resource_id, e.event_time, e.seq,
                e.event_type, e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb, e.code,
-               lag(e.code) OVER w AS prev_code, lead(e.code, 1, -2) OVER w AS next_code,
+               e.effect, lag(e.code) OVER w AS prev_code, lead(e.effect, 1, 3) OVER w AS next_effect,
                count(*) OVER w AS n, max(e.seq) OVER w AS max_seq
           FROM (SELECT e.project_id, e.metering_kind AS kind, e.resource_type, e.resource_id,
                        e.event_time, e.seq, e.event_type, e.replicas, e.cpu_millicores,
                        e.memory_mb, e.size_gb,
                        CASE WHEN e.event_type IN ('deployment.stopped', 'volume.deleted',
                                                   'domain.removed') THEN -1
-                            ELSE e.metering_value END AS code
+                            ELSE e.metering_value END AS code,
+                       CASE WHEN e.metering_value IS NULL THEN 2
+                            WHEN e.event_type IN ('deployment.stopped', 'volume.deleted',
+                                                  'domain.removed') THEN 1
+                            ELSE 0 END::smallint AS effect
                   FROM waybill.usage_events e
                  WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
-                   AND (e.project_id, e.metering_kind, e.resource_type, e.resource_id) NOT IN (
-                        SELECT l.project_id, l.kind, l.resource_type, l.resource_id FROM _m_late l)
+                   AND (v_late = 0 OR (e.project_id, e.metering_kind, e.resource_type,
+                                       e.resource_id) NOT IN (
+                        SELECT l.project_id, l.kind, l.resource_type, l.resource_id FROM _m_late l))
                ) e
         WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
                      ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
     ) r
-     WHERE r.code IS DISTINCT FROM r.prev_code OR r.code IS NULL OR r.code = -1
-        OR r.next_code IS NULL OR r.next_code = -2 OR r.kind = 'domain' OR r.max_seq > r.seq;
+     WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
+        OR r.max_seq > r.seq;
     ANALYZE _m_rows (n);
     v_timings := v_timings || jsonb_build_object('scan_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
@@ -206,9 +222,9 @@ BEGIN
         SELECT false, false, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
                r.seq, r.event_type, false, waybill.metering_reset(r.event_type),
                r.replicas, r.cpu_millicores, r.memory_mb, r.size_gb,
-               r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1), r.next_code = -2
+               r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1), r.next_effect = 3
           FROM _m_rows r
-         WHERE r.code IS NULL OR (r.prev_code IS NULL AND r.n > 1) OR r.next_code IS NULL
+         WHERE r.code IS NULL OR (r.prev_code IS NULL AND r.n > 1) OR r.next_effect = 2
         UNION ALL
         SELECT v.old, true, l.project_id, l.kind, l.resource_type, l.resource_id, e.event_time,
                e.seq, e.event_type, (e.event_time, e.seq) IS NOT DISTINCT FROM (l.anchor_time, l.anchor_seq),
@@ -286,7 +302,7 @@ BEGIN
            greatest(r.code, 0) - CASE WHEN r.n = 1 THEN coalesce(c.value, 0)
                                       ELSE greatest(r.prev_code, 0) END AS value_delta,
            CASE WHEN r.n = 1 THEN coalesce(c.active, false) ELSE r.prev_code >= 0 END AS prev_active,
-           r.next_code = -2 AS is_last
+           r.next_effect = 3 AS is_last
       FROM _m_rows r
       LEFT JOIN waybill.resource_current c
         ON r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
@@ -298,9 +314,8 @@ BEGIN
            s.value_delta, s.prev_active, s.is_last
       FROM _m_side s
      WHERE NOT s.is_seed AND NOT s.settled;
-    v_resources := (SELECT count(*) FROM _m_rows r WHERE r.next_code = -2)
-                 + (SELECT count(*) FROM _m_late);
-    v_events := (SELECT coalesce(sum(r.n), 0) FROM _m_rows r WHERE r.next_code = -2)
+    v_resources := (SELECT count(*) FROM _m_rows r WHERE r.next_effect = 3) + v_late;
+    v_events := (SELECT coalesce(sum(r.n), 0) FROM _m_rows r WHERE r.next_effect = 3)
               + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark)
               + (SELECT coalesce(sum(p.events), 0) FROM _m_points p);
     -- The hours this run closes: [v_from, v_to). The first run starts at the
@@ -431,6 +446,7 @@ BEGIN
       FULL JOIN _m_points p ON p.project_id = w.project_id AND p.hour = w.hour
       FULL JOIN opened o
         ON o.project_id = coalesce(w.project_id, p.project_id) AND o.hour = coalesce(w.hour, p.hour);
+    ANALYZE _m_changes (hour);
     CREATE TEMP TABLE _m_dsteps ON COMMIT DROP AS
     SELECT w.project_id, w.event_time AS at,
            sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END)::integer AS delta
@@ -537,13 +553,19 @@ BEGIN
             o.build_seconds, o.bandwidth_gb) = (0, 0, 0, 0, 0, 0);
 
     -- 9. Write the cells; note the days of those that changed for the daily
-    -- rollup. Hours where something changes ("marks") are computed from their
-    -- changes; the hours between two marks, before a window's first mark and
-    -- after its last one change nothing, so they hold the level reached so far.
+    -- rollup. A window's level changes only at its steps: hours with
+    -- time-weighted changes or domain steps. Between two steps, before the
+    -- first and after the last, every hour holds the level reached so far, so
+    -- each window is cut into runs of hours with one value, and point usage is
+    -- added hour by hour.
     -- Closed hours (< v_from) may hold rows: the stored cell plus the
     -- differences; a cell that became all zero goes, the others are written
     -- where a value changed. New hours (>= v_from) never hold a row (rows are
     -- only written below closed_until, which only grows): plain inserts.
+    -- The planner cannot know how many hours a run spans (generate_series
+    -- counts 1000 a call); left to itself it sorts both sides of the join with
+    -- point usage rather than hash the smaller one.
+    PERFORM set_config('enable_mergejoin', 'off', true);
     WITH domain_hours AS (
         -- per hour: the change of attached domains, the highest running change
         -- after any instant in it (all events at an instant together), and
@@ -558,49 +580,67 @@ BEGIN
                   JOIN waybill.domain_steps s
                     ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
          GROUP BY s.project_id, s.hour
-    ), marks AS (
-        -- each mark with the sums of the changes before it in its window
-        SELECT m.*,
-               sum(m.cd) OVER w - m.cd AS cd_before, sum(m.sd) OVER w - m.sd AS sd_before,
-               sum(m.dd) OVER w - m.dd AS dd_before, lag(m.hour) OVER w IS NULL AS is_first,
-               coalesce(lead(m.hour) OVER w, v_to) AS next_hour
+    ), steps AS (
+        -- each step with the sums of the changes before it in its window
+        SELECT s.*,
+               sum(s.cd) OVER w - s.cd AS cd_before, sum(s.sd) OVER w - s.sd AS sd_before,
+               sum(s.dd) OVER w - s.dd AS dd_before, lag(s.hour) OVER w IS NULL AS is_first,
+               coalesce(lead(s.hour) OVER w, v_to) AS next_hour
           FROM (SELECT b.project_id, b.lo, b.compute, b.storage, b.domains,
                        coalesce(c.hour, d.hour) AS hour,
                        coalesce(c.compute_delta, 0) AS cd, coalesce(c.compute_weighted, 0) AS cw,
                        coalesce(c.storage_delta, 0) AS sd, coalesce(c.storage_weighted, 0) AS sw,
-                       coalesce(c.build_seconds, 0) AS build_seconds,
-                       coalesce(c.bandwidth_gb, 0) AS bandwidth_gb, coalesce(d.dd, 0) AS dd,
+                       coalesce(d.dd, 0) AS dd,
                        CASE WHEN d.at_start THEN d.peak ELSE greatest(coalesce(d.peak, 0), 0) END
                            AS peak
-                  FROM (SELECT c.* FROM _m_changes c WHERE c.hour < v_to) c
+                  FROM (SELECT c.* FROM _m_changes c
+                         WHERE c.hour < v_to
+                           AND (c.compute_delta, c.compute_weighted, c.storage_delta,
+                                c.storage_weighted) <> (0, 0, 0, 0)) c
                   FULL JOIN domain_hours d ON d.project_id = c.project_id AND d.hour = c.hour
-                  JOIN _m_win b ON b.project_id = coalesce(c.project_id, d.project_id)) m
-        WINDOW w AS (PARTITION BY m.project_id ORDER BY m.hour ROWS UNBOUNDED PRECEDING)
-    ), cells AS (
-        -- each mark's hour and the hours after it up to the next mark (or
-        -- v_to), the first mark's also those from the window's start
-        SELECT m.project_id, g.hour, g.hour < v_from AS closed,
-               3600 * (CASE WHEN g.hour < v_from THEN 0 ELSE m.compute END
-                       + CASE WHEN g.hour > m.hour THEN m.cd_before + m.cd ELSE m.cd_before END)
-               + CASE WHEN g.hour = m.hour THEN m.cw ELSE 0 END AS compute_gb_seconds,
-               3600 * (CASE WHEN g.hour < v_from THEN 0 ELSE m.storage END
-                       + CASE WHEN g.hour > m.hour THEN m.sd_before + m.sd ELSE m.sd_before END)
-               + CASE WHEN g.hour = m.hour THEN m.sw ELSE 0 END AS storage_gb_seconds,
-               CASE WHEN g.hour = m.hour THEN m.build_seconds ELSE 0 END AS build_seconds,
-               CASE WHEN g.hour = m.hour THEN m.bandwidth_gb ELSE 0 END AS bandwidth_gb,
-               (m.domains + CASE WHEN g.hour > m.hour THEN m.dd_before + m.dd ELSE m.dd_before END
-                + CASE WHEN g.hour = m.hour THEN m.peak ELSE 0 END)::integer AS custom_domains
-          FROM marks m
-         CROSS JOIN LATERAL generate_series(CASE WHEN m.is_first THEN m.lo ELSE m.hour END,
-                                            m.next_hour - interval '1 hour', interval '1 hour') g(hour)
-        UNION ALL  -- a window without a mark holds its level at v_from throughout
-        SELECT b.project_id, g.hour, g.hour < v_from,
-               3600 * CASE WHEN g.hour < v_from THEN 0 ELSE b.compute END,
-               3600 * CASE WHEN g.hour < v_from THEN 0 ELSE b.storage END, 0, 0,
-               b.domains::integer
+                  JOIN _m_win b ON b.project_id = coalesce(c.project_id, d.project_id)) s
+        WINDOW w AS (PARTITION BY s.project_id ORDER BY s.hour ROWS UNBOUNDED PRECEDING)
+    ), levels AS (
+        -- runs [run_from, run_to) at one level (the sums of the changes
+        -- before them, l_*) and the weighted changes and domain peak of a
+        -- step's own hour
+        SELECT s.project_id, s.compute, s.storage, s.domains, r.*
+          FROM steps s
+         CROSS JOIN LATERAL (
+                SELECT s.lo AS run_from, s.hour AS run_to, 0 AS l_c, 0 AS l_s, 0 AS l_d,
+                       0 AS w_c, 0 AS w_s, 0 AS peak
+                 WHERE s.is_first AND s.lo < s.hour
+                UNION ALL
+                SELECT s.hour, s.hour + interval '1 hour', s.cd_before, s.sd_before, s.dd_before,
+                       s.cw, s.sw, s.peak
+                UNION ALL
+                SELECT s.hour + interval '1 hour', s.next_hour, s.cd_before + s.cd,
+                       s.sd_before + s.sd, s.dd_before + s.dd, 0, 0, 0
+                 WHERE s.hour + interval '1 hour' < s.next_hour) r
+        UNION ALL  -- a window without a step holds its level at v_from throughout
+        SELECT b.project_id, b.compute, b.storage, b.domains, b.lo, v_to, 0, 0, 0, 0, 0, 0
           FROM _m_win b
-         CROSS JOIN LATERAL generate_series(b.lo, v_to - interval '1 hour', interval '1 hour') g(hour)
-         WHERE NOT EXISTS (SELECT 1 FROM marks m WHERE m.project_id = b.project_id)
+         WHERE NOT EXISTS (SELECT 1 FROM steps s WHERE s.project_id = b.project_id)
+    ), runs AS (
+        -- what an hour of the run holds, new (the level at v_from included) or
+        -- closed (a difference)
+        SELECT l.project_id, l.run_from, l.run_to,
+               3600 * (l.compute + l.l_c) + l.w_c AS compute_new, 3600 * l.l_c + l.w_c AS compute_closed,
+               3600 * (l.storage + l.l_s) + l.w_s AS storage_new, 3600 * l.l_s + l.w_s AS storage_closed,
+               (l.domains + l.l_d + l.peak)::integer AS custom_domains
+          FROM levels l
+    ), cells AS (
+        SELECT r.project_id, g.hour, g.hour < v_from AS closed,
+               CASE WHEN g.hour < v_from THEN r.compute_closed ELSE r.compute_new END
+                   AS compute_gb_seconds,
+               CASE WHEN g.hour < v_from THEN r.storage_closed ELSE r.storage_new END
+                   AS storage_gb_seconds,
+               coalesce(p.build_seconds, 0) AS build_seconds,
+               coalesce(p.bandwidth_gb, 0) AS bandwidth_gb, r.custom_domains
+          FROM runs r
+         CROSS JOIN LATERAL generate_series(r.run_from, r.run_to - interval '1 hour',
+                                            interval '1 hour') g(hour)
+          LEFT JOIN _m_changes p ON p.project_id = r.project_id AND p.hour = g.hour
     ), closed AS (
         SELECT c.project_id, c.hour, h.project_id IS NOT NULL AS stored,
                coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
@@ -653,6 +693,7 @@ BEGIN
     SELECT DISTINCT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
     ON CONFLICT ON CONSTRAINT rollup_dirty_days_pkey DO NOTHING;
     GET DIAGNOSTICS v_cells = ROW_COUNT;
+    PERFORM set_config('enable_mergejoin', v_mergejoin, true);
     v_timings := v_timings || jsonb_build_object('write_hourly_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
