@@ -1,12 +1,17 @@
 """Growth benchmark (issue: reliability): do ingest and rollup slow down as history grows?
 
-One database grows in stages (BENCH_GROWTH_STAGES, millions of events; default
-1,10,50). At each stage the history is generated with SQL (compute snapshots and
-bandwidth over the last 30 days, 2,000 projects, 20,000 resources, into the
-monthly partitions), the rollups are caught up, then measured in one run:
-- batch ingestion over HTTP: BATCHES batches of 1000 new events, 4 clients;
-- the incremental hourly rollup over exactly those new events.
-Flat numbers across stages mean cost follows the new events, not the history.
+One database grows in stages (BENCH_GROWTH_STAGES, millions of stored events;
+default 1,10,50), along one timeline that ends with the last whole hour: 2,000
+projects and 20,000 resources (compute snapshots, 60 %, and bandwidth, 40 %)
+at the same rate throughout, so stage k's history fills the part of the last
+30 days proportional to its events. At each stage:
+- the history up to the stage's measurement hour is generated with SQL and
+  rolled up (the catch-up, reported, not a target);
+- measured: batch ingestion over HTTP (BATCHES batches of 1000 new events, 4
+  clients) timed in the measurement hour, then the incremental hourly rollup
+  that closes that hour (its new events and every project's level in it).
+Flat numbers across stages mean the cost follows the new events, not the
+history.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ STAGES = [int(float(s) * 1_000_000) for s in
           os.environ.get("BENCH_GROWTH_STAGES", "1,10,50").split(",")]
 BATCHES = int(os.environ.get("BENCH_GROWTH_BATCHES", "50"))
 CHUNK = 2_000_000
-SPAN_SECONDS = 30 * 86400
+SPAN = timedelta(days=30)
+HOUR = timedelta(hours=1)
 
-# History: event g of the stream, spread over the 30 days before `until`.
-_HISTORY_SQL = f"""
+# Events lo..hi of the timeline, evenly spread over [from, until); each resource
+# keeps its shape, so a snapshot changes nothing unless something else did.
+_HISTORY_SQL = """
 WITH g AS (
-    SELECT g, %(until)s::timestamptz - make_interval(secs => {SPAN_SECONDS} - (g %% {SPAN_SECONDS})) AS at,
+    SELECT g, %(from)s::timestamptz + make_interval(secs => (g - %(first)s) * %(step)s) AS at,
            (g * 7919) %% 20000 AS r
       FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g
 ), keys AS (
@@ -42,20 +49,24 @@ INSERT INTO waybill.usage_events (event_id, project_id, event_type, resource_typ
 SELECT md5('e' || g)::uuid, ('00000000-0000-4000-8000-' || lpad(to_hex(r %% 2000), 12, '0'))::uuid,
        CASE WHEN g %% 10 < 6 THEN 'compute.snapshot' ELSE 'bandwidth.usage' END::waybill.event_type,
        'deployment', 'd' || r, at, at,
-       CASE WHEN g %% 10 < 6 THEN 1 + g %% 3 END, CASE WHEN g %% 10 < 6 THEN 500 END,
+       CASE WHEN g %% 10 < 6 THEN 1 + r %% 3 END, CASE WHEN g %% 10 < 6 THEN 500 END,
        CASE WHEN g %% 10 < 6 THEN 1024 END, CASE WHEN g %% 10 >= 6 THEN 0.25 END,
-       CASE WHEN g %% 10 < 6 THEN '{{"replicas": 2, "cpu_millicores": 500, "memory_mb": 1024}}'::jsonb
-            ELSE '{{"egress_gb": 0.25}}'::jsonb END
+       CASE WHEN g %% 10 < 6 THEN jsonb_build_object('replicas', 1 + r %% 3,
+                                                    'cpu_millicores', 500, 'memory_mb', 1024)
+            ELSE '{"egress_gb": 0.25}'::jsonb END
   FROM g ORDER BY at
 """
 
 
-def grow(url: str, start: int, stop: int, until: datetime) -> float:
+def grow(url: str, first: int, last: int, start: datetime, until: datetime) -> float:
+    """Store events first..last spread over [start, until)."""
     started = time.perf_counter()
+    step = (until - start).total_seconds() / (last - first + 1)
     with psycopg.connect(url, autocommit=True) as conn:
-        for lo in range(start + 1, stop + 1, CHUNK):
-            hi = min(lo + CHUNK - 1, stop)
-            conn.execute(_HISTORY_SQL, {"lo": lo, "hi": hi, "until": until})
+        for lo in range(first, last + 1, CHUNK):
+            hi = min(lo + CHUNK - 1, last)
+            conn.execute(_HISTORY_SQL, {"lo": lo, "hi": hi, "first": first, "step": step,
+                                        "from": start})
             print(f"  {hi:,} events ({time.perf_counter() - started:.0f} s)", flush=True)
         conn.execute("VACUUM ANALYZE waybill.usage_events")
         conn.execute("VACUUM ANALYZE waybill.event_keys")
@@ -66,36 +77,49 @@ def rollup(url: str, until: datetime) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         conn.execute("SELECT waybill.rollup_hourly(%s)", (until,))
+        conn.execute("SELECT waybill.rollup_daily(%s)", (until.date(),))
         return time.perf_counter() - started
 
 
 def run() -> None:
     url = fresh_database("waybill_bench_growth")
-    until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    rows, loaded = [], 0
+    last_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - HOUR
+    start = last_hour - SPAN
+    rows, loaded, history_from = [], 0, start
     for target in STAGES:
-        generate_s = grow(url, loaded, target, until - timedelta(hours=1))
-        catch_up_s = rollup(url, until)
+        # the hour this stage measures in: the timeline's share of its events
+        hour = (start + SPAN * (target / STAGES[-1])).replace(minute=0, second=0, microsecond=0)
+        generate_s = grow(url, loaded + 1, target, history_from, hour)
+        catch_up_s = rollup(url, hour)
         with api_process(url, INTERNAL_API_KEY=KEY) as (_, base):
-            batch_rate, failures = send_batches(base, make_batches(BATCHES))
-        incremental_s = rollup(url, until)
-        loaded = target + BATCHES * 1000
-        rows.append({"history_events": target, "generate_s": round(generate_s, 1),
-                     "rollup_catch_up_s": round(catch_up_s, 1),
+            batch_rate, failures = send_batches(
+                base, make_batches(BATCHES, now=hour + timedelta(seconds=3599)))
+        with psycopg.connect(url, autocommit=True) as conn:
+            started = time.perf_counter()
+            result = conn.execute("SELECT waybill.rollup_hourly(%s)", (hour + HOUR,)).fetchone()[0]
+            incremental_s = time.perf_counter() - started
+            stored = conn.execute("SELECT count(*) FROM waybill.usage_events").fetchone()[0]
+        loaded, history_from = target, hour + HOUR
+        rows.append({"history_events": target, "stored_events": stored,
+                     "generate_s": round(generate_s, 1), "rollup_catch_up_s": round(catch_up_s, 1),
                      "batch_events_per_s": round(batch_rate), "batch_failures": failures,
                      "incremental_rollup_ms": round(incremental_s * 1000, 1),
-                     "incremental_events": BATCHES * 1000})
+                     "incremental_events": result["events"],
+                     "incremental_timings_ms": result["timings"]})
         print(rows[-1], flush=True)
     table = "\n".join(
-        f"| {r['history_events']:,} | {r['batch_events_per_s']:,} | {r['incremental_rollup_ms']:,} |"
-        f" {r['rollup_catch_up_s']} |" for r in rows)
+        f"| {r['stored_events']:,} | {r['batch_events_per_s']:,} | {r['batch_failures']} |"
+        f" {r['incremental_events']:,} | {r['incremental_rollup_ms']:,} | {r['rollup_catch_up_s']} |"
+        for r in rows)
     first, last = rows[0], rows[-1]
-    summary = f"""History grown in stages; at each stage {BATCHES * 1000:,} new events over HTTP (batches of 1000, 4 clients), then the incremental hourly rollup over exactly those events.
+    summary = f"""One timeline of 2,000 projects and 20,000 resources grown in stages; at each stage {BATCHES * 1000:,} new events over HTTP (batches of 1000, 4 clients) in the hour after the history, then the incremental hourly rollup that closes that hour.
 
-| events already stored | batch ingestion (events/s) | incremental rollup of the new events (ms) | rollup catch-up after generating the stage (s) |
-|---|---|---|---|
+| events stored when measured | batch ingestion (events/s) | failed batches | events the rollup applied | incremental rollup (ms) | rollup catch-up of the stage's history (s) |
+|---|---|---|---|---|---|
 {table}
 
-Largest / smallest history: ingestion {last['batch_events_per_s'] / first['batch_events_per_s']:.2f}x, incremental rollup {last['incremental_rollup_ms'] / first['incremental_rollup_ms']:.2f}x the time.
+Largest / smallest history: ingestion {last['batch_events_per_s'] / first['batch_events_per_s']:.2f}x the rate, incremental rollup {last['incremental_rollup_ms'] / first['incremental_rollup_ms']:.2f}x the time.
+
+Incremental rollup steps (ms), by stage: {'; '.join(str(r['incremental_timings_ms']) for r in rows)}
 """
     record("growth", {"stages": rows}, summary)

@@ -65,7 +65,7 @@ def preload(url: str) -> None:
 
 def make_event(index: int, now: datetime) -> dict[str, object]:
     project = PROJECTS[index % len(PROJECTS)]
-    moment = (now - timedelta(seconds=random.randint(0, 3600))).isoformat()
+    moment = (now - timedelta(seconds=random.randint(0, 3599))).isoformat()
     if index % 4 == 0:
         return {"event_type": "compute.snapshot", "project_id": str(project),
                 "resource_type": "deployment", "resource_id": f"dep-{index % 20000}",
@@ -77,8 +77,9 @@ def make_event(index: int, now: datetime) -> dict[str, object]:
             "metrics": {"egress_gb": round(random.random() * 3, 6)}}
 
 
-def make_batches(count: int) -> list[bytes]:
-    now = datetime.now(UTC)
+def make_batches(count: int, now: datetime | None = None) -> list[bytes]:
+    """`count` batches of new events, timed in the hour before `now` (default: the clock)."""
+    now = now or datetime.now(UTC)
     return [json.dumps({"events": [make_event(b * BATCH_SIZE + i, now)
                                    for i in range(BATCH_SIZE)]}).encode()
             for b in range(count)]
