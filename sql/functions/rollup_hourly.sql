@@ -160,7 +160,9 @@ BEGIN
     -- current state; n counts its new events), every off event (an anomaly
     -- when nothing was on), and rows that arrived after a later event of
     -- their resource (max_seq > seq: the out_of_order check). A row it drops
-    -- changes nothing: a reset after a reset of the same value.
+    -- changes no usage: an on reset after one of the same value (its shape
+    -- could differ, but only a modifier right after it or the last row would
+    -- read that, and both are kept).
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     SELECT r.* FROM (
         SELECT e.project_id, e.kind, e.resource_type, e.resource_id, e.event_time, e.seq,
