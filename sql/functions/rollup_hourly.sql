@@ -33,6 +33,7 @@ DECLARE
     v_resources  bigint;
     v_late       bigint;
     v_cells      bigint;
+    v_lo         timestamptz;
     v_mark       timestamptz := clock_timestamp();
     v_timings    jsonb := '{}';
     v_parallel_setup text := current_setting('parallel_setup_cost');
@@ -120,35 +121,9 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('points_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 2. Late resources: a new event comes before the resource's latest applied
-    -- one (new seqs are higher, so a tie in time is in order). Such a resource
-    -- is replayed from usage_events, from its last applied reset at or before
-    -- its earliest new event t0 (after a reset the state no longer depends on
-    -- what came before), or from its first event.
-    CREATE TEMP TABLE _m_late ON COMMIT DROP AS
-    SELECT l.project_id, l.kind, l.resource_type, l.resource_id, l.t0,
-           a.event_time AS anchor_time, a.seq AS anchor_seq
-      FROM (SELECT c.project_id, c.kind, c.resource_type, c.resource_id, min(e.event_time) AS t0
-              FROM waybill.usage_events e
-              JOIN waybill.resource_current c
-                ON c.project_id = e.project_id AND c.kind = e.metering_kind
-               AND c.resource_type = e.resource_type AND c.resource_id = e.resource_id
-             WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
-               AND e.event_time < c.event_time
-             GROUP BY 1, 2, 3, 4) l
-      LEFT JOIN LATERAL (
-            SELECT e.event_time, e.seq FROM waybill.usage_events e
-             WHERE e.project_id = l.project_id AND e.metering_kind = l.kind
-               AND e.resource_type = l.resource_type AND e.resource_id = l.resource_id
-               AND e.metering_value IS NOT NULL  -- a reset
-               AND e.event_time <= l.t0 AND e.seq <= v_state.watermark
-             ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true;
-    ANALYZE _m_late (t0);  -- the row count is what the plans below need
-    v_late := (SELECT count(*) FROM _m_late);
-
-    -- 3. The in-order resources: one pass over their new events in (resource,
-    -- event_time, seq) order (a backfill reads them sorted from the replay
-    -- index; an hour's worth is sorted in memory). A reset's value is stored
+    -- 2. One pass over the new events in (resource, event_time, seq) order (a
+    -- backfill reads them sorted from the replay index; an hour's worth is
+    -- sorted in memory). A reset's value is stored
     -- with the event (metering_value); in `code`, -1 stands for "off" (value 0,
     -- not active), NULL for a modifier, whose state depends on the rows before
     -- it; `effect` says the same as a small integer (0 on, 1 off, 2 modifier;
@@ -181,9 +156,6 @@ BEGIN
                             ELSE 0 END::smallint AS effect
                   FROM waybill.usage_events e
                  WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
-                   AND (v_late = 0 OR (e.project_id, e.metering_kind, e.resource_type,
-                                       e.resource_id) NOT IN (
-                        SELECT l.project_id, l.kind, l.resource_type, l.resource_id FROM _m_late l))
                ) e
         WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
                      ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
@@ -191,13 +163,42 @@ BEGIN
      WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
         OR r.max_seq > r.seq;
     ANALYZE _m_rows (n);
+
+    -- 3. Late resources: a new event comes before the resource's latest applied
+    -- one (new seqs are higher, so a tie in time is in order); the first row
+    -- the pass kept for a resource is its earliest new event, t0. Such a
+    -- resource is replayed from usage_events, from its last applied reset at
+    -- or before t0 (after a reset the state no longer depends on what came
+    -- before), or from its first event; its rows from the pass go.
+    CREATE TEMP TABLE _m_late ON COMMIT DROP AS
+    SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time AS t0,
+           a.event_time AS anchor_time, a.seq AS anchor_seq
+      FROM _m_rows r
+      JOIN waybill.resource_current c
+        ON c.project_id = r.project_id AND c.kind = r.kind
+       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+      LEFT JOIN LATERAL (
+            SELECT e.event_time, e.seq FROM waybill.usage_events e
+             WHERE e.project_id = r.project_id AND e.metering_kind = r.kind
+               AND e.resource_type = r.resource_type AND e.resource_id = r.resource_id
+               AND e.metering_value IS NOT NULL  -- a reset
+               AND e.event_time <= r.event_time AND e.seq <= v_state.watermark
+             ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true
+     WHERE r.n = 1 AND r.event_time < c.event_time;
+    ANALYZE _m_late (t0);  -- the row count is what the plans below need
+    v_late := (SELECT count(*) FROM _m_late);
+    IF v_late > 0 THEN
+        DELETE FROM _m_rows r USING _m_late l
+         WHERE r.project_id = l.project_id AND r.kind = l.kind
+           AND r.resource_type = l.resource_type AND r.resource_id = l.resource_id;
+    END IF;
     v_timings := v_timings || jsonb_build_object('scan_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
     -- 4. The replay of the rest, per resource in (event_time, seq) order: the
     -- in-order rows whose state or change the pass could not know (modifiers
     -- and the rows right after one), each after its starting state (the reset
-    -- before a modifier kept in step 3, or the seed, resource_current, before
+    -- before a modifier kept in step 2, or the seed, resource_current, before
     -- a resource's first row), and every late resource twice, from its
     -- anchor: with the applied events only (`old`) and with the new ones too;
     -- the difference is what changes.
@@ -206,7 +207,7 @@ BEGIN
     -- last non-null value (nth_value at the position it was last set), never
     -- older than the last "on" reset, since an "on" carries every field. One
     -- sort, by (old, resource, event_time, seq), serves every window.
-    -- `settled` marks the in-order rows step 3 already knows (seeds and the
+    -- `settled` marks the in-order rows step 2 already knows (seeds and the
     -- resets before a modifier are only starting states here).
     CREATE TEMP TABLE _m_side ON COMMIT DROP AS
     WITH input AS (
@@ -290,7 +291,7 @@ BEGIN
                  ORDER BY v.event_time, v.seq);
 
     -- Every replayed event with its state after it, its change of value and
-    -- whether its resource was active before it: the resets step 3 settled
+    -- whether its resource was active before it: the resets step 2 settled
     -- (a resource's first row against its seed), and the others from the
     -- replay (seeds and anchors are starting states only).
     CREATE TEMP TABLE _m_final ON COMMIT DROP AS
@@ -332,7 +333,7 @@ BEGIN
     -- is decided once, when the event arrives: an event is out of order when an
     -- earlier-arrived event of its resource (lower seq) has a later time. Only
     -- resources whose arrival and time order disagree can have one: the late
-    -- ones and those step 3 flagged. Their events from the starting point on
+    -- ones and those step 2 flagged. Their events from the starting point on
     -- (anchor or seed; nothing before it is later in time) are read in seq order.
     -- The other anomalies are re-derived for every replayed event.
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
@@ -502,6 +503,9 @@ BEGIN
                           WHERE w.lo < v_from AND s.project_id = w.project_id
                             AND s.at >= w.lo AND s.at < v_from) sd ON true;
     ANALYZE _m_win (lo);
+    -- The earliest hour any window reaches: domain steps are read from there
+    -- on (an index range), not from the start of their history.
+    v_lo := (SELECT min(w.lo) FROM _m_win w);
     v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
@@ -518,6 +522,7 @@ BEGIN
                        FROM _m_win w
                        JOIN waybill.domain_steps s
                          ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to
+                        AND s.at >= v_lo
                       GROUP BY s.project_id) d
             ON d.project_id = b.project_id
          CROSS JOIN LATERAL (VALUES ('compute', b.compute + coalesce(c.cd, 0)),
@@ -580,7 +585,8 @@ BEGIN
                                           ORDER BY s.at) AS running
                   FROM _m_win w
                   JOIN waybill.domain_steps s
-                    ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to) s
+                    ON s.project_id = w.project_id AND s.at >= w.lo AND s.at < v_to
+                   AND s.at >= v_lo) s
          GROUP BY s.project_id, s.hour
     ), steps AS (
         -- each step with the sums of the changes before it in its window
@@ -644,6 +650,10 @@ BEGIN
                                             interval '1 hour') g(hour)
           LEFT JOIN _m_changes p ON p.project_id = r.project_id AND p.hour = g.hour
     ), closed AS (
+        -- The stored cell by its key, one lookup per closed cell: a run
+        -- usually has none or a few, and a join the planner costs from
+        -- generate_series' guess would hash all of hourly_usage (its whole
+        -- history) instead. OFFSET 0 keeps the lookup a lookup.
         SELECT c.project_id, c.hour, h.project_id IS NOT NULL AS stored,
                coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
                coalesce(h.storage_gb_seconds, 0) + c.storage_gb_seconds AS storage_gb_seconds,
@@ -651,7 +661,9 @@ BEGIN
                coalesce(h.bandwidth_gb, 0) + c.bandwidth_gb AS bandwidth_gb,
                c.custom_domains
           FROM cells c
-          LEFT JOIN waybill.hourly_usage h ON h.project_id = c.project_id AND h.hour = c.hour
+          LEFT JOIN LATERAL (
+                SELECT h.* FROM waybill.hourly_usage h
+                 WHERE h.project_id = c.project_id AND h.hour = c.hour OFFSET 0) h ON true
          WHERE c.closed
     ), removed AS (
         DELETE FROM waybill.hourly_usage h
