@@ -34,7 +34,11 @@ SERVER_SETTINGS = {
     "maintenance_work_mem": "512MB",
     "max_wal_size": "8GB",
     "checkpoint_timeout": "15min",
-    "wal_compression": "on",
+    # The first change to a page after a checkpoint logs the whole page; an
+    # hourly rollup touches a few thousand index pages, each the first time
+    # since the last checkpoint. pglz ("on") spent ~110 ms compressing them
+    # in each run; lz4 a tenth of that, for about the same WAL.
+    "wal_compression": "lz4",
     "synchronous_commit": "on",
     "fsync": "on",
     "commit_delay": "0",
