@@ -123,11 +123,11 @@ BEGIN
 
     -- 2. One pass over the new events in (resource, event_time, seq) order (a
     -- backfill reads them sorted from the replay index; an hour's worth is
-    -- sorted in memory). A reset's value is stored
-    -- with the event (metering_value); in `code`, -1 stands for "off" (value 0,
-    -- not active), NULL for a modifier, whose state depends on the rows before
-    -- it; `effect` says the same as a small integer (0 on, 1 off, 2 modifier;
-    -- 3 for "no next row"), cheaper to carry and compare.
+    -- sorted in memory). A reset's value is stored with the event
+    -- (metering_value); in `code`, -1 stands for "off" (value 0, not active),
+    -- NULL for a modifier, whose state depends on the rows before it; `effect`
+    -- says the same as a small integer (0 on, 1 off, 2 modifier; 3 for "no
+    -- next row"), cheaper to carry and compare.
     -- The pass keeps only the rows later steps need: those whose change is not
     -- zero or not known yet (a modifier, the row after one, each resource's
     -- first row, whose change needs the seed), the reset before a modifier
