@@ -102,8 +102,13 @@ def copy_ceiling(url: str, batches: list[bytes]) -> float:
             conn.execute(f"DROP TABLE IF EXISTS public.scratch_{table}")
             conn.execute(f"CREATE TABLE public.scratch_{table} "
                          f"(LIKE waybill.{table} INCLUDING ALL)")
-            conn.execute(f"INSERT INTO public.scratch_{table} OVERRIDING SYSTEM VALUE "
-                         f"SELECT * FROM waybill.{table}")
+            # generated columns (metering_kind, metering_value) compute themselves
+            columns = ", ".join(name for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                " 'waybill' AND table_name = %s AND is_generated = 'NEVER'"
+                " ORDER BY ordinal_position", (table,)))
+            conn.execute(f"INSERT INTO public.scratch_{table} ({columns}) OVERRIDING SYSTEM VALUE "
+                         f"SELECT {columns} FROM waybill.{table}")
             conn.execute(f"VACUUM ANALYZE public.scratch_{table}")
         started = time.perf_counter()
         with conn.transaction():
