@@ -19,15 +19,13 @@ month (744 hourly rows), the rest in a quarter of the hours.
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
-import statistics
 import time
 
 import psycopg
 
-from bench.common import api_process, fresh_database, record, run_wrk
+from bench.common import api_process, fresh_database, record, run_wrk, sequential_latency
 
 PROJECTS = int(os.environ.get("BENCH_BILLING_PROJECTS", "10000"))
 ESTIMATES = int(os.environ.get("BENCH_ESTIMATES", "3000"))
@@ -136,27 +134,6 @@ def billing(url: str) -> dict[str, float]:
             "credit_applications": float(credited[0]) if credited else 0.0}
 
 
-def sequential_latency(base: str) -> dict[str, float]:
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"content-type": "application/json"}
-    for _ in range(200):  # warm up
-        conn.request("POST", "/api/v1/estimate", ESTIMATE_BODY, headers)
-        conn.getresponse().read()
-    samples, failures = [], 0
-    for _ in range(ESTIMATES):
-        started = time.perf_counter()
-        conn.request("POST", "/api/v1/estimate", ESTIMATE_BODY, headers)
-        response = conn.getresponse()
-        response.read()
-        samples.append((time.perf_counter() - started) * 1000)
-        failures += response.status != 200
-    conn.close()
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p99_ms": samples[int(len(samples) * 0.99)],
-            "max_ms": samples[-1], "failures": float(failures)}
-
-
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '%BODY%'
@@ -176,7 +153,8 @@ def run() -> None:
     generated_s = time.perf_counter() - started
     result = billing(url)
     with api_process(url, LOG_LEVEL="WARNING") as (_, base):
-        sequential = sequential_latency(base)
+        sequential = sequential_latency(base, "POST", lambda _: "/api/v1/estimate", ESTIMATES,
+                                        {"content-type": "application/json"}, ESTIMATE_BODY)
         load = wrk_load(base) if shutil.which("wrk") else {}
     results = {"projects": PROJECTS, "hourly_rows": rows, "generate_s": round(generated_s, 1),
                **{k: round(v, 3) for k, v in result.items()},

@@ -8,17 +8,19 @@ quotes), both committed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +143,31 @@ def run_wrk(url: str, script: str, *, connections: int, seconds: int) -> dict[st
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     return {"requests_per_s": float(rps.group(1)) if rps else 0.0, "p50_ms": latency("50"),
             "p99_ms": latency("99"), "non_2xx": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def sequential_latency(base: str, method: str, path: Callable[[int], str], count: int,
+                       headers: dict[str, str], body: bytes | None = None) -> dict[str, float]:
+    """`count` requests one after another on one keep-alive connection (after 200
+    to warm up); p50/p99/max (ms) and how many were not 200. `path(i)` names the
+    i-th request's path, so a run can vary what it reads."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    for i in range(200):
+        conn.request(method, path(count + i), body, headers)
+        conn.getresponse().read()
+    samples, failures = [], 0
+    for i in range(count):
+        started = time.perf_counter()
+        conn.request(method, path(i), body, headers)
+        response = conn.getresponse()
+        response.read()
+        samples.append((time.perf_counter() - started) * 1000)
+        failures += response.status != 200
+    conn.close()
+    samples.sort()
+    return {"requests": float(count), "p50_ms": statistics.median(samples),
+            "p99_ms": samples[int(len(samples) * 0.99)], "max_ms": samples[-1],
+            "failures": float(failures)}
 
 
 def record(name: str, results: dict[str, Any], summary: str) -> None:

@@ -22,17 +22,15 @@ Each rollup reports its own per-step timings (rollup_hourly's `timings`).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from bench.common import api_process, fresh_database, record
+from bench.common import api_process, fresh_database, record, sequential_latency
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 PROJECTS, DEPLOYMENTS, VOLUMES, DOMAINS = 2000, 12000, 4000, 4000
@@ -187,33 +185,6 @@ def _load_current_month(conn: psycopg.Connection[Any]) -> datetime:
     return hour
 
 
-def _usage_current_latency(base: str) -> dict[str, float]:
-    """Sequential GET usage/current on one keep-alive connection, over varying projects."""
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"authorization": f"Bearer {DASHBOARD_KEY}"}
-
-    def path(i: int) -> str:
-        return f"/api/v1/projects/{_project_id(i * 7919 % PROJECTS)}/usage/current"
-
-    for i in range(200):  # warm up
-        conn.request("GET", path(USAGE_REQUESTS + i), headers=headers)
-        conn.getresponse().read()
-    samples, failures = [], 0
-    for i in range(USAGE_REQUESTS):
-        started = time.perf_counter()
-        conn.request("GET", path(i), headers=headers)
-        response = conn.getresponse()
-        response.read()
-        samples.append((time.perf_counter() - started) * 1000)
-        failures += response.status != 200
-    conn.close()
-    samples.sort()
-    return {"requests": float(USAGE_REQUESTS), "p50_ms": statistics.median(samples),
-            "p99_ms": samples[int(len(samples) * 0.99)], "max_ms": samples[-1],
-            "failures": float(failures)}
-
-
 def run() -> None:
     url = fresh_database("waybill_bench_metering")
     with psycopg.connect(url, autocommit=True) as conn:
@@ -244,7 +215,9 @@ def run() -> None:
 
         as_of = _load_current_month(conn)
     with api_process(url, DASHBOARD_API_KEY=DASHBOARD_KEY) as (_, base):
-        usage = _usage_current_latency(base)
+        usage = sequential_latency(
+            base, "GET", lambda i: f"/api/v1/projects/{_project_id(i * 7919 % PROJECTS)}/usage/current",
+            USAGE_REQUESTS, {"authorization": f"Bearer {DASHBOARD_KEY}"})
 
     results = {
         "events": total + new_events, "projects": PROJECTS,
