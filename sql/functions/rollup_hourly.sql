@@ -138,8 +138,14 @@ BEGIN
     -- changes no usage: an on reset after one of the same value (its shape
     -- could differ, but only a modifier right after it or the last row would
     -- read that, and both are kept).
+    -- Each resource's first row carries its seed, the current state before
+    -- this run (c_*; NULL for a new resource): found here once, for the late
+    -- check, the replay and the changes alike.
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
-    SELECT r.* FROM (
+    SELECT r.*, c.event_time AS c_time, c.seq AS c_seq, c.active AS c_active,
+           c.replicas AS c_replicas, c.cpu_millicores AS c_cpu, c.memory_mb AS c_memory,
+           c.size_gb AS c_size, c.value AS c_value
+      FROM (
         SELECT e.project_id, e.kind, e.resource_type, e.resource_id, e.event_time, e.seq,
                e.event_type, e.replicas, e.cpu_millicores, e.memory_mb, e.size_gb, e.code,
                e.effect, lag(e.code) OVER w AS prev_code, lead(e.effect, 1, 3) OVER w AS next_effect,
@@ -160,6 +166,9 @@ BEGIN
         WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
                      ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
     ) r
+      LEFT JOIN waybill.resource_current c
+        ON r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
+       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
      WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
         OR r.max_seq > r.seq;
     ANALYZE _m_rows (n);
@@ -174,9 +183,6 @@ BEGIN
     SELECT r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time AS t0,
            a.event_time AS anchor_time, a.seq AS anchor_seq
       FROM _m_rows r
-      JOIN waybill.resource_current c
-        ON c.project_id = r.project_id AND c.kind = r.kind
-       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
       LEFT JOIN LATERAL (
             SELECT e.event_time, e.seq FROM waybill.usage_events e
              WHERE e.project_id = r.project_id AND e.metering_kind = r.kind
@@ -184,7 +190,7 @@ BEGIN
                AND e.metering_value IS NOT NULL  -- a reset
                AND e.event_time <= r.event_time AND e.seq <= v_state.watermark
              ORDER BY e.event_time DESC, e.seq DESC LIMIT 1) a ON true
-     WHERE r.n = 1 AND r.event_time < c.event_time;
+     WHERE r.n = 1 AND r.event_time < r.c_time;
     ANALYZE _m_late (t0);  -- the row count is what the plans below need
     v_late := (SELECT count(*) FROM _m_late);
     IF v_late > 0 THEN
@@ -211,16 +217,14 @@ BEGIN
     -- resets before a modifier are only starting states here).
     CREATE TEMP TABLE _m_side ON COMMIT DROP AS
     WITH input AS (
-        SELECT false AS old, false AS late, c.project_id, c.kind, c.resource_type, c.resource_id,
-               c.event_time, c.seq, NULL::waybill.event_type AS event_type, true AS is_seed,
-               CASE WHEN c.active THEN 'on' ELSE 'off' END AS reset,
-               c.replicas AS f_r, c.cpu_millicores AS f_c, c.memory_mb AS f_m, c.size_gb AS f_s,
+        SELECT false AS old, false AS late, r.project_id, r.kind, r.resource_type, r.resource_id,
+               r.c_time AS event_time, r.c_seq AS seq, NULL::waybill.event_type AS event_type,
+               true AS is_seed,
+               CASE WHEN r.c_active THEN 'on' ELSE 'off' END AS reset,
+               r.c_replicas AS f_r, r.c_cpu AS f_c, r.c_memory AS f_m, r.c_size AS f_s,
                true AS settled, false AS last_in_run
           FROM _m_rows r
-          JOIN waybill.resource_current c
-            ON c.project_id = r.project_id AND c.kind = r.kind
-           AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
-         WHERE r.n = 1 AND r.code IS NULL
+         WHERE r.n = 1 AND r.code IS NULL AND r.c_time IS NOT NULL
         UNION ALL
         SELECT false, false, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
                r.seq, r.event_type, false, waybill.metering_reset(r.event_type),
@@ -302,14 +306,11 @@ BEGIN
            CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.memory_mb END AS memory_mb,
            CASE WHEN r.code >= 0 AND r.kind = 'volume' THEN r.size_gb END AS size_gb,
            greatest(r.code, 0) AS value,
-           greatest(r.code, 0) - CASE WHEN r.n = 1 THEN coalesce(c.value, 0)
+           greatest(r.code, 0) - CASE WHEN r.n = 1 THEN coalesce(r.c_value, 0)
                                       ELSE greatest(r.prev_code, 0) END AS value_delta,
-           CASE WHEN r.n = 1 THEN coalesce(c.active, false) ELSE r.prev_code >= 0 END AS prev_active,
+           CASE WHEN r.n = 1 THEN coalesce(r.c_active, false) ELSE r.prev_code >= 0 END AS prev_active,
            r.next_effect = 3 AS is_last
       FROM _m_rows r
-      LEFT JOIN waybill.resource_current c
-        ON r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
-       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
      WHERE r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1)
     UNION ALL
     SELECT s.old, s.project_id, s.kind, s.resource_type, s.resource_id, s.event_time, s.seq,
@@ -637,34 +638,26 @@ BEGIN
                3600 * (l.storage + l.l_s) + l.w_s AS storage_new, 3600 * l.l_s + l.w_s AS storage_closed,
                (l.domains + l.l_d + l.peak)::integer AS custom_domains
           FROM levels l
-    ), cells AS (
-        SELECT r.project_id, g.hour, g.hour < v_from AS closed,
-               CASE WHEN g.hour < v_from THEN r.compute_closed ELSE r.compute_new END
-                   AS compute_gb_seconds,
-               CASE WHEN g.hour < v_from THEN r.storage_closed ELSE r.storage_new END
-                   AS storage_gb_seconds,
-               coalesce(p.build_seconds, 0) AS build_seconds,
-               coalesce(p.bandwidth_gb, 0) AS bandwidth_gb, r.custom_domains
+    ), closed AS (
+        -- Closed cells: the stored cell, looked up by its key (a run usually
+        -- has none or a few, and a join the planner costs from
+        -- generate_series' guess would hash all of hourly_usage, its whole
+        -- history, instead; OFFSET 0 keeps the lookup a lookup), plus the
+        -- differences.
+        SELECT r.project_id, g.hour, h.project_id IS NOT NULL AS stored,
+               coalesce(h.compute_gb_seconds, 0) + r.compute_closed AS compute_gb_seconds,
+               coalesce(h.storage_gb_seconds, 0) + r.storage_closed AS storage_gb_seconds,
+               coalesce(h.build_seconds, 0) + coalesce(p.build_seconds, 0) AS build_seconds,
+               coalesce(h.bandwidth_gb, 0) + coalesce(p.bandwidth_gb, 0) AS bandwidth_gb,
+               r.custom_domains
           FROM runs r
-         CROSS JOIN LATERAL generate_series(r.run_from, r.run_to - interval '1 hour',
+         CROSS JOIN LATERAL generate_series(r.run_from, least(r.run_to, v_from) - interval '1 hour',
                                             interval '1 hour') g(hour)
           LEFT JOIN _m_changes p ON p.project_id = r.project_id AND p.hour = g.hour
-    ), closed AS (
-        -- The stored cell by its key, one lookup per closed cell: a run
-        -- usually has none or a few, and a join the planner costs from
-        -- generate_series' guess would hash all of hourly_usage (its whole
-        -- history) instead. OFFSET 0 keeps the lookup a lookup.
-        SELECT c.project_id, c.hour, h.project_id IS NOT NULL AS stored,
-               coalesce(h.compute_gb_seconds, 0) + c.compute_gb_seconds AS compute_gb_seconds,
-               coalesce(h.storage_gb_seconds, 0) + c.storage_gb_seconds AS storage_gb_seconds,
-               coalesce(h.build_seconds, 0) + c.build_seconds AS build_seconds,
-               coalesce(h.bandwidth_gb, 0) + c.bandwidth_gb AS bandwidth_gb,
-               c.custom_domains
-          FROM cells c
           LEFT JOIN LATERAL (
                 SELECT h.* FROM waybill.hourly_usage h
-                 WHERE h.project_id = c.project_id AND h.hour = c.hour OFFSET 0) h ON true
-         WHERE c.closed
+                 WHERE h.project_id = r.project_id AND h.hour = g.hour OFFSET 0) h ON true
+         WHERE r.run_from < v_from
     ), removed AS (
         DELETE FROM waybill.hourly_usage h
          USING closed r
@@ -691,20 +684,39 @@ BEGIN
                 excluded.build_seconds, excluded.bandwidth_gb, excluded.custom_domains)
         RETURNING h.project_id, h.hour
     ), added AS (
+        -- New cells: the level (from v_from) plus point usage, inserted; their
+        -- days are noted below from the windows, not from a row per cell.
         INSERT INTO waybill.hourly_usage (project_id, hour, compute_gb_seconds,
             storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)
-        SELECT c.project_id, c.hour, c.compute_gb_seconds, c.storage_gb_seconds, c.build_seconds,
-               c.bandwidth_gb, c.custom_domains, now()
-          FROM cells c
-         WHERE NOT c.closed
-           AND NOT (c.compute_gb_seconds = 0 AND c.storage_gb_seconds = 0
+        SELECT c.* FROM (
+            SELECT r.project_id, g.hour, r.compute_new AS compute_gb_seconds,
+                   r.storage_new AS storage_gb_seconds,
+                   coalesce(p.build_seconds, 0) AS build_seconds,
+                   coalesce(p.bandwidth_gb, 0) AS bandwidth_gb, r.custom_domains, now()
+              FROM runs r
+             CROSS JOIN LATERAL generate_series(greatest(r.run_from, v_from),
+                                                r.run_to - interval '1 hour', interval '1 hour') g(hour)
+              LEFT JOIN _m_changes p ON p.project_id = r.project_id AND p.hour = g.hour
+             WHERE r.run_to > v_from) c
+         WHERE NOT (c.compute_gb_seconds = 0 AND c.storage_gb_seconds = 0
                     AND c.build_seconds = 0 AND c.bandwidth_gb = 0 AND c.custom_domains = 0)
-        RETURNING project_id, hour
     ), changed AS (
-        SELECT * FROM removed UNION ALL SELECT * FROM written UNION ALL SELECT * FROM added
+        SELECT * FROM removed UNION ALL SELECT * FROM written
     )
+    -- The days of the changed closed cells, and every day of the new hours of
+    -- each window: a day whose new cells all came out zero is recomputed to
+    -- nothing, which is harmless, and cheaper than a row per written cell.
+    -- Repeats are left to ON CONFLICT: a hashed UNION would size its table
+    -- from the planner's guess at generate_series (millions of rows).
     INSERT INTO waybill.rollup_dirty_days (project_id, day)
-    SELECT DISTINCT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
+    SELECT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
+    UNION ALL
+    SELECT w.project_id, d.day::date
+      FROM _m_win w
+     CROSS JOIN generate_series(date_trunc('day', v_from AT TIME ZONE 'UTC'),
+                                (v_to - interval '1 hour') AT TIME ZONE 'UTC',
+                                interval '1 day') d(day)
+     WHERE v_to > v_from
     ON CONFLICT ON CONSTRAINT rollup_dirty_days_pkey DO NOTHING;
     GET DIAGNOSTICS v_cells = ROW_COUNT;
     PERFORM set_config('enable_mergejoin', v_mergejoin, true);
