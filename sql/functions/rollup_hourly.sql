@@ -685,7 +685,7 @@ BEGIN
         RETURNING h.project_id, h.hour
     ), added AS (
         -- New cells: the level (from v_from) plus point usage, inserted; their
-        -- days are noted below from the windows, not from a row per cell.
+        -- days are noted below from the runs, not from a row per cell.
         INSERT INTO waybill.hourly_usage (project_id, hour, compute_gb_seconds,
             storage_gb_seconds, build_seconds, bandwidth_gb, custom_domains, computed_at)
         SELECT c.* FROM (
@@ -703,20 +703,26 @@ BEGIN
     ), changed AS (
         SELECT * FROM removed UNION ALL SELECT * FROM written
     )
-    -- The days of the changed closed cells, and every day of the new hours of
-    -- each window: a day whose new cells all came out zero is recomputed to
-    -- nothing, which is harmless, and cheaper than a row per written cell.
-    -- Repeats are left to ON CONFLICT: a hashed UNION would size its table
-    -- from the planner's guess at generate_series (millions of rows).
+    -- The days of the cells written: the changed closed cells, and the days
+    -- of the new cells that are not all zero, found from the runs (a run with
+    -- a level: each day it covers) and from point usage (the day of each
+    -- hour that has some, once per day), a few rows per run instead of one
+    -- per cell. Repeats across the three are left to ON CONFLICT: a hashed
+    -- UNION would size its table from the planner's guess at
+    -- generate_series (millions of rows).
     INSERT INTO waybill.rollup_dirty_days (project_id, day)
     SELECT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
     UNION ALL
-    SELECT w.project_id, d.day::date
-      FROM _m_win w
-     CROSS JOIN generate_series(date_trunc('day', v_from AT TIME ZONE 'UTC'),
-                                (v_to - interval '1 hour') AT TIME ZONE 'UTC',
-                                interval '1 day') d(day)
-     WHERE v_to > v_from
+    SELECT r.project_id, d.day::date
+      FROM runs r
+     CROSS JOIN LATERAL generate_series(
+            date_trunc('day', greatest(r.run_from, v_from) AT TIME ZONE 'UTC'),
+            (r.run_to - interval '1 hour') AT TIME ZONE 'UTC', interval '1 day') d(day)
+     WHERE r.run_to > v_from AND (r.compute_new, r.storage_new, r.custom_domains) <> (0, 0, 0)
+    UNION ALL
+    SELECT DISTINCT p.project_id, (p.hour AT TIME ZONE 'UTC')::date
+      FROM _m_changes p
+     WHERE p.hour >= v_from AND p.hour < v_to AND (p.build_seconds, p.bandwidth_gb) <> (0, 0)
     ON CONFLICT ON CONSTRAINT rollup_dirty_days_pkey DO NOTHING;
     GET DIAGNOSTICS v_cells = ROW_COUNT;
     PERFORM set_config('enable_mergejoin', v_mergejoin, true);
