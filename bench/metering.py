@@ -205,7 +205,7 @@ def run() -> None:
         # Both start from memory: the floor reads the table (once to warm it),
         # the rollup the replay index too, which this machine's kernel pages
         # out after a minute unread (DAMON reclaim) while the month is
-        # generated; reading it back at random cost the rollup 20 s once.
+        # generated; reading it back at random once cost the pass 33 s, not 10.
         # The checkpoint keeps the generation's writes out of the timings.
         conn.execute("CHECKPOINT")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
