@@ -98,30 +98,10 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    DROP TABLE IF EXISTS pg_temp._m_points, pg_temp._m_late, pg_temp._m_rows, pg_temp._m_side,
+    DROP TABLE IF EXISTS pg_temp._m_late, pg_temp._m_rows, pg_temp._m_side,
         pg_temp._m_final, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win;
 
-    -- 1. Point usage of the new events, summed per project and hour (each event
-    -- lands once: the watermark moves in this transaction). A backfill's scan
-    -- of the whole table is worth sharing with parallel workers.
-    PERFORM set_config('parallel_setup_cost', '100', true),
-            set_config('parallel_tuple_cost', '0.001', true);
-    CREATE TEMP TABLE _m_points ON COMMIT DROP AS
-    SELECT e.project_id, waybill.utc_hour(e.event_time) AS hour,
-           coalesce(sum(e.quantity) FILTER (WHERE e.event_type IN ('build.completed', 'build.failed')), 0)
-               AS build_seconds,
-           coalesce(sum(e.quantity) FILTER (WHERE e.event_type = 'bandwidth.usage'), 0) AS bandwidth_gb,
-           count(*) AS events
-      FROM waybill.usage_events e
-     WHERE e.seq > v_state.watermark AND e.seq <= v_hi
-       AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
-     GROUP BY 1, 2;
-    PERFORM set_config('parallel_setup_cost', v_parallel_setup, true),
-            set_config('parallel_tuple_cost', v_parallel_tuple, true);
-    v_timings := v_timings || jsonb_build_object('points_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
-    v_mark := clock_timestamp();
-
-    -- 2. One pass over the new events in (resource, event_time, seq) order (a
+    -- 1. One pass over the new events in (resource, event_time, seq) order (a
     -- backfill reads them sorted from the replay index; an hour's worth is
     -- sorted in memory). A reset's value is stored with the event
     -- (metering_value); in `code`, -1 stands for "off" (value 0, not active),
@@ -173,7 +153,7 @@ BEGIN
         OR r.max_seq > r.seq;
     ANALYZE _m_rows (n);
 
-    -- 3. Late resources: a new event comes before the resource's latest applied
+    -- 2. Late resources: a new event comes before the resource's latest applied
     -- one (new seqs are higher, so a tie in time is in order); the first row
     -- the pass kept for a resource is its earliest new event, t0. Such a
     -- resource is replayed from usage_events, from its last applied reset at
@@ -201,10 +181,10 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('scan_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 4. The replay of the rest, per resource in (event_time, seq) order: the
+    -- 3. The replay of the rest, per resource in (event_time, seq) order: the
     -- in-order rows whose state or change the pass could not know (modifiers
     -- and the rows right after one), each after its starting state (the reset
-    -- before a modifier kept in step 2, or the seed, resource_current, before
+    -- before a modifier kept in step 1, or the seed, resource_current, before
     -- a resource's first row), and every late resource twice, from its
     -- anchor: with the applied events only (`old`) and with the new ones too;
     -- the difference is what changes.
@@ -213,7 +193,7 @@ BEGIN
     -- last non-null value (nth_value at the position it was last set), never
     -- older than the last "on" reset, since an "on" carries every field. One
     -- sort, by (old, resource, event_time, seq), serves every window.
-    -- `settled` marks the in-order rows step 2 already knows (seeds and the
+    -- `settled` marks the in-order rows step 1 already knows (seeds and the
     -- resets before a modifier are only starting states here).
     CREATE TEMP TABLE _m_side ON COMMIT DROP AS
     WITH input AS (
@@ -295,7 +275,7 @@ BEGIN
                  ORDER BY v.event_time, v.seq);
 
     -- Every replayed event with its state after it, its change of value and
-    -- whether its resource was active before it: the resets step 2 settled
+    -- whether its resource was active before it: the resets step 1 settled
     -- (a resource's first row against its seed), and the others from the
     -- replay (seeds and anchors are starting states only).
     CREATE TEMP TABLE _m_final ON COMMIT DROP AS
@@ -320,21 +300,15 @@ BEGIN
      WHERE NOT s.is_seed AND NOT s.settled;
     v_resources := (SELECT count(*) FROM _m_rows r WHERE r.next_effect = 3) + v_late;
     v_events := (SELECT coalesce(sum(r.n), 0) FROM _m_rows r WHERE r.next_effect = 3)
-              + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark)
-              + (SELECT coalesce(sum(p.events), 0) FROM _m_points p);
-    -- The hours this run closes: [v_from, v_to). The first run starts at the
-    -- earliest event.
-    v_from := coalesce(v_state.closed_until, waybill.utc_hour(least(
-        (SELECT min(f.event_time) FROM _m_final f), (SELECT min(p.hour) FROM _m_points p), p_until)));
-    v_to := greatest(p_until, v_from);
+              + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark);
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 5. State and anomalies. out_of_order depends on arrival order alone, so it
+    -- 4. State and anomalies. out_of_order depends on arrival order alone, so it
     -- is decided once, when the event arrives: an event is out of order when an
     -- earlier-arrived event of its resource (lower seq) has a later time. Only
     -- resources whose arrival and time order disagree can have one: the late
-    -- ones and those step 2 flagged. Their events from the starting point on
+    -- ones and those step 1 flagged. Their events from the starting point on
     -- (anchor or seed; nothing before it is later in time) are read in seq order.
     -- The other anomalies are re-derived for every replayed event.
     INSERT INTO waybill.metering_anomalies (seq, anomaly, project_id, kind, resource_type,
@@ -412,15 +386,33 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('write_states_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 6. What changes, per project and hour: each replayed event's change of
+    -- 5. What changes, per project and hour: each replayed event's change of
     -- value (minus its change in the old replay) summed by hour, as the change
     -- of level and that change times the seconds left in its hour (what it
-    -- adds to the hour's GB-seconds); point usage; and, for the hours this run
-    -- closes, what earlier runs left open for them (open_usage). Each source is
-    -- already summed per project and hour, so they are joined, not summed
-    -- again. Domains keep the instant: the most attached at once is not a sum.
+    -- adds to the hour's GB-seconds); the point usage of the new events (each
+    -- event lands once: the watermark moves in this transaction); and, for the
+    -- hours this run closes, what earlier runs left open for them
+    -- (open_usage). Each source is summed per project and hour on its own,
+    -- then they are joined. Domains keep the instant: the most attached at
+    -- once is not a sum. The hours this run closes end at v_to: p_until, or
+    -- where an earlier run closed them, if later.
+    -- A backfill's scan of the whole table for point usage is worth sharing
+    -- with parallel workers.
+    v_to := greatest(p_until, v_state.closed_until);
+    PERFORM set_config('parallel_setup_cost', '100', true),
+            set_config('parallel_tuple_cost', '0.001', true);
     CREATE TEMP TABLE _m_changes ON COMMIT DROP AS
-    WITH weighted AS (
+    WITH points AS (
+        SELECT e.project_id, waybill.utc_hour(e.event_time) AS hour,
+               coalesce(sum(e.quantity) FILTER (WHERE e.event_type IN ('build.completed', 'build.failed')), 0)
+                   AS build_seconds,
+               coalesce(sum(e.quantity) FILTER (WHERE e.event_type = 'bandwidth.usage'), 0) AS bandwidth_gb,
+               count(*) AS events
+          FROM waybill.usage_events e
+         WHERE e.seq > v_state.watermark AND e.seq <= v_hi
+           AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
+         GROUP BY 1, 2
+    ), weighted AS (
         SELECT c.project_id, c.hour,
                coalesce(sum(c.d) FILTER (WHERE c.kind = 'compute'), 0) AS compute_delta,
                coalesce(sum(c.d * c.seconds_left) FILTER (WHERE c.kind = 'compute'), 0)
@@ -445,12 +437,22 @@ BEGIN
            coalesce(w.storage_delta, 0) + coalesce(o.storage_delta, 0) AS storage_delta,
            coalesce(w.storage_weighted, 0) + coalesce(o.storage_weighted, 0) AS storage_weighted,
            coalesce(p.build_seconds, 0) + coalesce(o.build_seconds, 0) AS build_seconds,
-           coalesce(p.bandwidth_gb, 0) + coalesce(o.bandwidth_gb, 0) AS bandwidth_gb
+           coalesce(p.bandwidth_gb, 0) + coalesce(o.bandwidth_gb, 0) AS bandwidth_gb,
+           coalesce(p.events, 0) AS point_events
       FROM weighted w
-      FULL JOIN _m_points p ON p.project_id = w.project_id AND p.hour = w.hour
+      FULL JOIN points p ON p.project_id = w.project_id AND p.hour = w.hour
       FULL JOIN opened o
         ON o.project_id = coalesce(w.project_id, p.project_id) AND o.hour = coalesce(w.hour, p.hour);
+    PERFORM set_config('parallel_setup_cost', v_parallel_setup, true),
+            set_config('parallel_tuple_cost', v_parallel_tuple, true);
     ANALYZE _m_changes (hour);
+    v_events := v_events + (SELECT coalesce(sum(c.point_events), 0) FROM _m_changes c);
+    -- The hours this run closes are [v_from, v_to); the first run starts at
+    -- the earliest event (point usage or state change).
+    v_from := coalesce(v_state.closed_until, waybill.utc_hour(least(
+        (SELECT min(f.event_time) FROM _m_final f), (SELECT min(c.hour) FROM _m_changes c), p_until)));
+    v_timings := v_timings || jsonb_build_object('changes_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
+    v_mark := clock_timestamp();
     CREATE TEMP TABLE _m_dsteps ON COMMIT DROP AS
     SELECT w.project_id, w.event_time AS at,
            sum(CASE WHEN w.old THEN -w.value_delta ELSE w.value_delta END)::integer AS delta
@@ -464,7 +466,7 @@ BEGIN
     DELETE FROM waybill.domain_steps s
      USING _m_dsteps d WHERE s.project_id = d.project_id AND s.at = d.at AND s.delta = 0;
 
-    -- 7. The windows of the cells. Per project, one window of hours [lo, v_to):
+    -- 6. The windows of the cells. Per project, one window of hours [lo, v_to):
     -- the new hours [v_from, v_to) for every project with a level or a change
     -- there, and, before them, the closed hours from the first one this run
     -- changes. Over the window, hour by hour: the level at the hour's start is
@@ -510,7 +512,7 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('cells_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    -- 8. The levels at v_to: the level at v_from plus every change in the
+    -- 7. The levels at v_to: the level at v_from plus every change in the
     -- window (domains: the level before lo plus every step in the window); and
     -- what stays open: changes in hours from v_to on.
     WITH levels AS (
@@ -560,7 +562,7 @@ BEGIN
        AND (o.compute_delta, o.compute_weighted, o.storage_delta, o.storage_weighted,
             o.build_seconds, o.bandwidth_gb) = (0, 0, 0, 0, 0, 0);
 
-    -- 9. Write the cells; note the days of those that changed for the daily
+    -- 8. Write the cells; note the days of those that changed for the daily
     -- rollup. A window's level changes only at its steps: hours with
     -- time-weighted changes or domain steps. Between two steps, before the
     -- first and after the last, every hour holds the level reached so far, so
