@@ -275,7 +275,7 @@ def test_run_killed_half_way_leaves_nothing_and_the_next_run_is_exact(db_url, db
                 errors.append(exc)
 
     with psycopg.connect(db_url) as blocker:
-        # Block the last write (hourly_usage), after state and point usage are written.
+        # Block the last write (hourly_usage), after current states, levels and open usage are written.
         blocker.execute("LOCK TABLE waybill.hourly_usage IN EXCLUSIVE MODE")
         thread = threading.Thread(target=run)
         thread.start()
