@@ -362,27 +362,22 @@ BEGIN
            ) a(event_type, anomaly, detail) ON a.event_type = w.event_type
      WHERE NOT w.old AND NOT w.prev_active
     ON CONFLICT ON CONSTRAINT metering_anomalies_pkey DO NOTHING;
-    -- The new current states: most resources have one already (an update in
-    -- place, found by a join), new ones are inserted.
-    WITH moved AS (
-        UPDATE waybill.resource_current c
-           SET event_time = w.event_time, seq = w.seq, active = w.active, replicas = w.replicas,
-               cpu_millicores = w.cpu_millicores, memory_mb = w.memory_mb, size_gb = w.size_gb,
-               value = w.value
-          FROM _m_final w
-         WHERE w.is_last AND NOT w.old AND c.project_id = w.project_id AND c.kind = w.kind
-           AND c.resource_type = w.resource_type AND c.resource_id = w.resource_id
-        RETURNING c.project_id, c.kind, c.resource_type, c.resource_id
-    )
-    INSERT INTO waybill.resource_current (project_id, kind, resource_type, resource_id,
-        event_time, seq, active, replicas, cpu_millicores, memory_mb, size_gb, value)
-    SELECT w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq, w.active,
-           w.replicas, w.cpu_millicores, w.memory_mb, w.size_gb, w.value
-      FROM _m_final w
-     WHERE w.is_last AND NOT w.old
-       AND NOT EXISTS (SELECT 1 FROM moved m
-                        WHERE m.project_id = w.project_id AND m.kind = w.kind
-                          AND m.resource_type = w.resource_type AND m.resource_id = w.resource_id);
+    -- The new current states: most resources have one already (updated in
+    -- place), new ones are inserted; one join tells which. A resource has one
+    -- last row, and MERGE refuses to change a row twice if it ever had two.
+    MERGE INTO waybill.resource_current c
+    USING (SELECT * FROM _m_final w WHERE w.is_last AND NOT w.old) w
+       ON c.project_id = w.project_id AND c.kind = w.kind
+      AND c.resource_type = w.resource_type AND c.resource_id = w.resource_id
+     WHEN MATCHED THEN UPDATE
+          SET event_time = w.event_time, seq = w.seq, active = w.active, replicas = w.replicas,
+              cpu_millicores = w.cpu_millicores, memory_mb = w.memory_mb, size_gb = w.size_gb,
+              value = w.value
+     WHEN NOT MATCHED THEN
+          INSERT (project_id, kind, resource_type, resource_id, event_time, seq, active, replicas,
+                  cpu_millicores, memory_mb, size_gb, value)
+          VALUES (w.project_id, w.kind, w.resource_type, w.resource_id, w.event_time, w.seq,
+                  w.active, w.replicas, w.cpu_millicores, w.memory_mb, w.size_gb, w.value);
     v_timings := v_timings || jsonb_build_object('write_states_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
