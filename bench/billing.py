@@ -75,7 +75,7 @@ SELECT project_id, (hour AT TIME ZONE 'UTC')::date, sum(compute_gb_seconds),
 INSERT INTO waybill.rollup_dirty_days (project_id, day)
 SELECT id, '2026-10-31' FROM bench_projects WHERE i % 100 = 7;
 
-UPDATE waybill.rollup_state SET closed_until = '2026-11-01 00:00+00';
+UPDATE waybill.rollup_shards SET closed_until = '2026-11-01 00:00+00';
 """
 
 FLOOR = """

@@ -19,13 +19,17 @@ into waybill.usage_events and waybill.event_keys. Measures in one run:
   the rolled-up month (hourly_usage, daily_usage, dirty days) is first copied
   into the current month up to the current hour, and rollup_state.closed_until
   moved to that hour, as metering would leave it mid-month.
-Each rollup reports its own per-step timings (rollup_hourly's `timings`).
+The hourly rollups run as the scheduled jobs run them: every shard of projects in
+a session of its own, all at once (docs/metering.md, "Shards"); their time is the
+wall time from the first start to the last end. Each shard's run reports its own
+per-step timings (rollup_hourly's `timings`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,7 +154,7 @@ _CURRENT_MONTH_SQL = [
        SELECT project_id, day + %(days)s::integer FROM waybill.rollup_dirty_days
         WHERE day >= %(start)s::date AND day < %(end)s::date AND day + %(days)s::integer <= %(today)s
        ON CONFLICT DO NOTHING""",
-    "UPDATE waybill.rollup_state SET closed_until = greatest(closed_until, %(hour)s)",
+    "UPDATE waybill.rollup_shards SET closed_until = greatest(closed_until, %(hour)s)",
 ]
 
 
@@ -158,6 +162,44 @@ def _timed(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> tuple
     started = time.perf_counter()
     row = conn.execute(sql, params).fetchone()
     return time.perf_counter() - started, row[0] if row else None
+
+
+def _rollup_shards(url: str, until: datetime, *, keep: bool) -> tuple[float, list[Any]]:
+    """rollup_hourly for every shard, each in a session of its own, all at once, as the
+    scheduled jobs run them; return the wall time of the calls and each shard's summary.
+    keep=False rolls every shard's transaction back, so the same run can be repeated."""
+    with psycopg.connect(url) as conn:
+        shards = [row[0] for row in conn.execute(
+            "SELECT shard FROM waybill.rollup_shards ORDER BY shard")]
+    ready, done = threading.Barrier(len(shards)), threading.Barrier(len(shards))
+    spans: dict[int, tuple[float, float, Any]] = {}
+
+    def run(shard: int) -> None:
+        try:
+            with psycopg.connect(url) as conn:
+                conn.execute("SET work_mem = '1GB'")
+                ready.wait()
+                started = time.perf_counter()
+                summary = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
+                                       (until, shard)).fetchone()[0]
+                spans[shard] = (started, time.perf_counter(), summary)
+                done.wait()  # nobody commits before all have run: one point in time
+                if not keep:
+                    conn.rollback()
+        except BaseException:
+            ready.abort()  # the others stop waiting for this shard
+            done.abort()
+            raise
+
+    threads = [threading.Thread(target=run, args=(shard,)) for shard in shards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(spans) != len(shards):
+        raise RuntimeError("a shard's rollup failed; see the traceback above")
+    wall = max(s[1] for s in spans.values()) - min(s[0] for s in spans.values())
+    return wall, [spans[shard][2] for shard in shards]
 
 
 def _generate(conn: psycopg.Connection[Any]) -> tuple[int, int]:
@@ -213,7 +255,7 @@ def run() -> None:
         _timed(conn, _FLOOR_SQL)
         floor_s, groups = _timed(conn, _FLOOR_SQL)
 
-        full_s, full = _timed(conn, "SELECT waybill.rollup_hourly(%s)", (LAST_HOUR,))
+        full_s, full = _rollup_shards(url, LAST_HOUR, keep=True)
         daily_s, _ = _timed(conn, "SELECT waybill.rollup_daily(%s)", (LAST_HOUR.date(),))
         conn.execute("VACUUM ANALYZE waybill.resource_current")
         conn.execute("VACUUM ANALYZE waybill.hourly_usage")
@@ -230,10 +272,9 @@ def run() -> None:
         incr_runs = []
         for run in range(INCREMENTAL_RUNS):
             conn.execute("CHECKPOINT")
-            with conn.transaction(force_rollback=run < INCREMENTAL_RUNS - 1):
-                incr_runs.append(_timed(conn, "SELECT waybill.rollup_hourly(%s)", (END,)))
+            incr_runs.append(_rollup_shards(url, END, keep=run == INCREMENTAL_RUNS - 1))
         incr_s, incr = sorted(incr_runs, key=lambda r: r[0])[len(incr_runs) // 2]
-        idle_s, idle = _timed(conn, "SELECT waybill.rollup_hourly(%s)", (END,))
+        idle_s, idle = _rollup_shards(url, END, keep=True)
 
         as_of = _load_current_month(conn)
     with api_process(url, DASHBOARD_API_KEY=DASHBOARD_KEY) as (_, base):
@@ -252,8 +293,9 @@ def run() -> None:
         "incremental_seconds": round(incr_s, 4),
         "incremental_runs_seconds": [round(r[0], 4) for r in incr_runs],
         "idle_run_seconds": round(idle_s, 4),
-        "full_timings_ms": full["timings"], "incremental_timings_ms": incr["timings"],
-        "idle_timings_ms": idle["timings"],
+        "full_timings_ms": [r["timings"] for r in full],
+        "incremental_timings_ms": [r["timings"] for r in incr],
+        "idle_timings_ms": [r["timings"] for r in idle],
         "usage_current_month_loaded_until": as_of.isoformat(),
         "usage_current_sequential": {k: round(v, 3) for k, v in usage.items()},
     }
@@ -271,7 +313,8 @@ def run() -> None:
         f"| GET usage/current, sequential, {USAGE_REQUESTS:,} requests | "
         f"p50 {usage['p50_ms']:.2f} ms, p99 {usage['p99_ms']:.2f} ms, "
         f"{usage['failures']:.0f} failures | p99 < 20 ms |\n\n"
-        f"Full rollup steps (ms): {json.dumps(full['timings'])}\n\n"
-        f"Incremental steps, median run (ms): {json.dumps(incr['timings'])}\n"
+        f"Full rollup steps, per shard (ms): {json.dumps(results['full_timings_ms'])}\n\n"
+        f"Incremental steps, median run, per shard (ms): "
+        f"{json.dumps(results['incremental_timings_ms'])}\n"
     )
     record("metering", results, summary)

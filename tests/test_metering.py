@@ -231,6 +231,62 @@ def test_two_runs_at_once_serialize_and_count_once(db_url, db):
     from_scratch_equals_incremental(db, "2026-03-03 13:00")
 
 
+def project_in_shard(db: Any, shard: int) -> str:
+    shards = db.execute("SELECT count(*) FROM waybill.rollup_shards").fetchone()[0]
+    while True:
+        project = new_project()
+        if db.execute("SELECT waybill.rollup_shard(%s, %s)", (project, shards)).fetchone()[0] == shard:
+            return project
+
+
+def test_shards_roll_up_apart_and_together_equal_a_recomputation(db_url, db):
+    first, second = project_in_shard(db, 0), project_in_shard(db, 1)
+    for project in (first, second):
+        put(db, project, "deployment.started", "web", "2026-03-03 10:20", **SHAPE)
+        put(db, project, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=2)
+    shard0 = db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 0)",
+                        (at("2026-03-03 12:00"),)).fetchone()[0]
+    assert (shard0["shard"], shard0["events"]) == (0, 2)
+    assert hourly(db, first) == {at("2026-03-03 10:00"): 2400, at("2026-03-03 11:00"): 3600}
+    assert hourly(db, second) == {}
+    # usage is complete only up to where every shard stands: shard 1 never ran
+    assert db.execute("SELECT waybill.usage_as_of()").fetchone()[0] is None
+
+    # shard 1 catches up in a session of its own while shard 0 goes on
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT waybill.rollup_hourly(%s, p_shard => 1)", (at("2026-03-03 11:00"),))
+    db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 0)", (at("2026-03-03 13:00"),))
+    assert hourly(db, second) == {at("2026-03-03 10:00"): 2400}
+    assert db.execute("SELECT waybill.usage_as_of()").fetchone()[0] == at("2026-03-03 11:00")
+    # the daily rollup waits for the slowest shard: no day is complete yet
+    db.execute("SELECT waybill.rollup_daily('2026-03-04')")
+    assert daily(db, first) == {}
+
+    result = rollup(db, "2026-03-04 00:00")  # every shard
+    assert [run["shard"] for run in result["shards"]] == [0, 1]
+    assert result["closed_until"] == "2026-03-04T00:00:00+00:00"
+    assert daily(db, first) == daily(db, second) == {date(2026, 3, 3): Decimal(2400 + 13 * 3600)}
+    from_scratch_equals_incremental(db, "2026-03-04 00:00")
+
+
+def test_scheduled_hourly_runs_skip_a_shard_another_session_holds(db_url, db):
+    held = project_in_shard(db, 1)
+    put(db, held, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=2)
+    with psycopg.connect(db_url) as other:  # a run of shard 1 in progress
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('waybill.rollups'), 1)")
+        result = db.execute("SELECT waybill.run_scheduled_rollups('hourly')").fetchone()[0]
+    assert [run["shard"] for run in result["hourly"]] == [0]
+    assert hourly(db, held, "bandwidth_gb") == {}
+    result = db.execute("SELECT waybill.run_scheduled_rollups('hourly')").fetchone()[0]
+    assert [run["shard"] for run in result["hourly"]] == [0, 1]
+    assert hourly(db, held, "bandwidth_gb") == {at("2026-03-03 10:00"): 2}
+
+
+def test_an_unknown_shard_is_refused(db):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no shard 2"):
+        db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 2)", (at("2026-03-03 10:00"),))
+
+
 def test_open_insert_is_never_skipped_by_the_watermark(db_url, db):
     project = new_project()
     with psycopg.connect(db_url) as writer:  # a transaction: holds its seq, uncommitted
@@ -303,7 +359,9 @@ def test_cli_aggregate_runs_the_same_functions(db_url, db):
     until = parse_until("2026-03-03T12:34:56+00:00")
     assert until == at("2026-03-03 12:00")
     result = aggregate(db_url, until)
-    assert result["hourly"]["events"] == 1
+    shards = db.execute("SELECT count(*) FROM waybill.rollup_shards").fetchone()[0]
+    assert [run["shard"] for run in result["hourly"]] == list(range(shards))
+    assert sum(run["events"] for run in result["hourly"]) == 1
     assert hourly(db, project) == {at("2026-03-03 10:00"): 2400, at("2026-03-03 11:00"): 3600}
     assert parse_until("2026-03-03T12:10:00") == at("2026-03-03 12:00")  # naive = UTC
 
@@ -361,7 +419,8 @@ def test_schedules_are_named_jobs_that_reapply_without_duplicates(db_url):
                                  " ORDER BY jobname", (name,)).fetchall()
             assert [(j[0], j[1]) for j in jobs] == [
                 (f"waybill:{name}:rollup-daily", "15 0 * * *"),
-                (f"waybill:{name}:rollup-hourly", "5 * * * *")]
+                (f"waybill:{name}:rollup-hourly", "5 * * * *"),
+                (f"waybill:{name}:rollup-hourly-2", "5 * * * *")]
             assert all("waybill.run_scheduled_rollups" in j[2] for j in jobs)
         finally:
             admin.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s",

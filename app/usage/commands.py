@@ -2,7 +2,8 @@
 
 For databases without pg_cron and for backfills. It calls the same SQL functions
 as the scheduled jobs, with an explicit window: hours before --until (default:
-now, truncated to the hour) and the days they close.
+now, truncated to the hour) and the days they close. The shards run in
+parallel sessions, one each.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import psycopg
@@ -30,12 +32,28 @@ def parse_until(text: str | None, now: datetime | None = None) -> datetime:
 
 
 def aggregate(url: str, until: datetime) -> dict[str, object]:
-    """Run the hourly then the daily rollup up to `until`; return their summaries."""
-    with psycopg.connect(url) as conn:  # one transaction, READ COMMITTED (the default)
-        hourly = conn.execute("SELECT waybill.rollup_hourly(%s)", (until,)).fetchone()
+    """Roll up every shard's hours before `until`, the shards in parallel, then the days.
+
+    Each shard runs in its own session and transaction (READ COMMITTED, the
+    default), as the scheduled jobs do; the daily rollup follows once all have
+    committed. Returns {"hourly": [each shard's summary], "daily": summary}.
+    """
+    with psycopg.connect(url) as conn:
+        shards = [row[0] for row in conn.execute(
+            "SELECT shard FROM waybill.rollup_shards ORDER BY shard")]
+
+    def roll_up(shard: int) -> object:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
+                               (until, shard)).fetchone()
+        return row[0] if row else None
+
+    with ThreadPoolExecutor(max_workers=len(shards) or 1) as pool:
+        hourly = list(pool.map(roll_up, shards))
+    with psycopg.connect(url) as conn:
         daily = conn.execute("SELECT waybill.rollup_daily(%s)",
                              (until.astimezone(UTC).date(),)).fetchone()
-    return {"hourly": hourly[0] if hourly else None, "daily": daily[0] if daily else None}
+    return {"hourly": hourly, "daily": daily[0] if daily else None}
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

@@ -1,19 +1,22 @@
 -- waybill.rollup_daily: bring daily_usage up to date with hourly_usage.
 --
 -- Input: p_until, a UTC date: days before it may be computed. A day is computed
--- only once every one of its hours is closed (before rollup_state.closed_until).
+-- only once every one of its hours is closed in every shard (before
+-- rollup_state.closed_until, the lowest of the shards').
 -- Reads: rollup_dirty_days (the days whose hourly cells changed) and their hours.
 -- Output: jsonb {days}: how many project-days were recomputed.
 -- Side effects: upserts/deletes daily_usage rows (sums; custom_domains = max),
 -- removes the days it handled from rollup_dirty_days. Serializes with
--- rollup_hourly on the same advisory lock. Errors: none of its own.
+-- rollup_hourly on the shards' advisory locks (all of them, in shard order, as
+-- rollup_hourly for every shard takes them). Errors: none of its own.
 CREATE OR REPLACE FUNCTION waybill.rollup_daily(p_until date) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_closed  timestamptz;
     v_days    bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'));
+    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), s.shard)
+       FROM (SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard) s;
     SELECT closed_until INTO STRICT v_closed FROM waybill.rollup_state;
     IF v_closed IS NULL THEN
         RETURN jsonb_build_object('days', 0);
@@ -61,7 +64,7 @@ BEGIN
            IS DISTINCT FROM (excluded.compute_gb_seconds, excluded.storage_gb_seconds,
             excluded.build_seconds, excluded.bandwidth_gb, excluded.custom_domains);
 
-    UPDATE waybill.rollup_state SET daily_run_at = now();
+    UPDATE waybill.rollup_shards SET daily_run_at = now();
     RETURN jsonb_build_object('days', v_days);
 END
 $$;

@@ -2,27 +2,36 @@
 --
 -- Inputs: p_until, an hour boundary (UTC): hours before it are closed and get
 -- computed, later hours wait for a later run. p_max_wait: how long to wait for
--- transactions still writing events below the safe upper bound.
+-- transactions still writing events below the safe upper bound. p_shard: the
+-- shard of projects to roll up (waybill.rollup_shards); NULL: every shard, one
+-- after the other, in this transaction. Shards are independent: concurrent
+-- sessions can roll up different shards at once (docs/metering.md, "Shards").
 -- Reads: usage_events with seq in (watermark, safe upper bound], through
 -- usage_events_replay_idx for the time-weighted ones; for a resource whose new
 -- events come before its latest applied one (late), its own events from its
 -- last reset on; resource_current, resource_levels, open_usage and
 -- domain_steps (docs/metering.md).
--- Output: jsonb summary {events, resources, dirty_days, watermark, closed_until,
--- waited_for_writers, timings (milliseconds per step)}.
+-- Output: jsonb summary {shard, events, resources, dirty_days, watermark,
+-- closed_until, waited_for_writers, timings (milliseconds per step)}; for every
+-- shard: the sums, closed_until and waited_for_writers, and each shard's own
+-- summary under `shards`.
 -- Side effects: resource_current, resource_levels, open_usage, domain_steps,
--- metering_anomalies, hourly_usage, rollup_dirty_days and rollup_state, all in
--- the caller's transaction, so a run that fails changes nothing. Concurrent
--- runs serialize on an advisory lock.
--- Errors: 22023 when p_until is not an hour boundary; 25001 unless READ COMMITTED
+-- metering_anomalies, hourly_usage, rollup_dirty_days and rollup_shards, for the
+-- shard's projects only, all in the caller's transaction, so a run that fails
+-- changes nothing. Concurrent runs of one shard serialize on an advisory lock.
+-- Errors: 22023 when p_until is not an hour boundary or p_shard is not a
+-- shard; 25001 unless READ COMMITTED
 -- (each statement must see the events committed while the run waited for them);
 -- 55P03 when writers are still open after p_max_wait (nothing changed; retry).
 CREATE OR REPLACE FUNCTION waybill.rollup_hourly(p_until timestamptz,
-                                                 p_max_wait interval DEFAULT '5 minutes')
+                                                 p_max_wait interval DEFAULT '5 minutes',
+                                                 p_shard integer DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_state      waybill.rollup_state;
+    v_state      waybill.rollup_shards;
+    v_shards     integer;
+    v_runs       jsonb := '[]';
     v_hi         bigint;
     v_vxids      text[];
     v_waited     integer := 0;
@@ -39,6 +48,8 @@ DECLARE
     v_parallel_setup text := current_setting('parallel_setup_cost');
     v_parallel_tuple text := current_setting('parallel_tuple_cost');
     v_mergejoin      text := current_setting('enable_mergejoin');
+    v_sort           text := current_setting('enable_sort');
+    v_backfill       boolean;
 BEGIN
     IF p_until IS NULL OR p_until <> waybill.utc_hour(p_until) THEN
         RAISE EXCEPTION 'rollup_hourly: p_until must be an hour boundary, got %', p_until
@@ -48,8 +59,26 @@ BEGIN
         RAISE EXCEPTION 'rollup_hourly must run in READ COMMITTED, not %',
             current_setting('transaction_isolation') USING ERRCODE = '25001';
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'));
-    SELECT * INTO STRICT v_state FROM waybill.rollup_state FOR UPDATE;
+    IF p_shard IS NULL THEN
+        FOR v_state IN SELECT * FROM waybill.rollup_shards s ORDER BY s.shard LOOP
+            v_runs := v_runs || waybill.rollup_hourly(p_until, p_max_wait, v_state.shard);
+        END LOOP;
+        RETURN jsonb_build_object(
+            'events', (SELECT sum((r->>'events')::bigint) FROM jsonb_array_elements(v_runs) r),
+            'resources', (SELECT sum((r->>'resources')::bigint) FROM jsonb_array_elements(v_runs) r),
+            'dirty_days', (SELECT sum((r->>'dirty_days')::bigint) FROM jsonb_array_elements(v_runs) r),
+            'waited_for_writers',
+                (SELECT bool_or((r->>'waited_for_writers')::boolean) FROM jsonb_array_elements(v_runs) r),
+            'closed_until', (SELECT s.closed_until FROM waybill.rollup_state s),
+            'shards', v_runs);
+    END IF;
+    v_shards := (SELECT count(*) FROM waybill.rollup_shards);
+    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), p_shard);
+    SELECT * INTO v_state FROM waybill.rollup_shards s WHERE s.shard = p_shard FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rollup_hourly: no shard %, there are % (0 to %)', p_shard, v_shards, v_shards - 1
+            USING ERRCODE = '22023';
+    END IF;
     -- A backfill sorts and stages millions of rows; keep them in memory when we
     -- can. temp_buffers only takes before the session's first temporary table.
     PERFORM set_config('work_mem', '1GB', true)
@@ -95,6 +124,13 @@ BEGIN
     IF v_hi < v_state.watermark THEN
         v_hi := v_state.watermark;  -- a restored sequence must never move us backwards
     END IF;
+    -- A backfill (over a million new seqs: weeks of events) reads its state
+    -- events from the replay index, already sorted, and shares its scan for
+    -- point usage with parallel workers; an hour's worth is read by seq and
+    -- sorted, in this process (starting workers costs more than it saves).
+    -- The planner cannot tell the two apart here: it guesses that the shard
+    -- filter keeps 0.5 % of the rows, not half.
+    v_backfill := v_hi - v_state.watermark > 1000000;
     v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
@@ -121,6 +157,7 @@ BEGIN
     -- Each resource's first row carries its seed, the current state before
     -- this run (c_*; NULL for a new resource): found here once, for the late
     -- check, the replay and the changes alike.
+    PERFORM set_config('enable_sort', 'off', true) WHERE v_backfill;
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     SELECT r.*, c.event_time AS c_time, c.seq AS c_seq, c.active AS c_active,
            c.replicas AS c_replicas, c.cpu_millicores AS c_cpu, c.memory_mb AS c_memory,
@@ -142,6 +179,7 @@ BEGIN
                             ELSE 0 END::smallint AS effect
                   FROM waybill.usage_events e
                  WHERE e.seq > v_state.watermark AND e.seq <= v_hi AND e.metering_kind IS NOT NULL
+                   AND waybill.rollup_shard(e.project_id, v_shards) = p_shard
                ) e
         WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
                      ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
@@ -151,6 +189,7 @@ BEGIN
        AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
      WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
         OR r.max_seq > r.seq;
+    PERFORM set_config('enable_sort', v_sort, true);
     ANALYZE _m_rows (n);
 
     -- 2. Late resources: a new event comes before the resource's latest applied
@@ -395,7 +434,8 @@ BEGIN
     -- with parallel workers.
     v_to := greatest(p_until, v_state.closed_until);
     PERFORM set_config('parallel_setup_cost', '100', true),
-            set_config('parallel_tuple_cost', '0.001', true);
+            set_config('parallel_tuple_cost', '0.001', true)
+      WHERE v_backfill;
     CREATE TEMP TABLE _m_changes ON COMMIT DROP AS
     WITH points AS (
         SELECT e.project_id, waybill.utc_hour(e.event_time) AS hour,
@@ -406,6 +446,7 @@ BEGIN
           FROM waybill.usage_events e
          WHERE e.seq > v_state.watermark AND e.seq <= v_hi
            AND e.event_type IN ('build.completed', 'build.failed', 'bandwidth.usage')
+           AND waybill.rollup_shard(e.project_id, v_shards) = p_shard
          GROUP BY 1, 2
     ), weighted AS (
         SELECT c.project_id, c.hour,
@@ -423,7 +464,8 @@ BEGIN
                  WHERE w.value_delta <> 0 AND w.kind <> 'domain') c
          GROUP BY c.project_id, c.hour
     ), opened AS (
-        SELECT o.* FROM waybill.open_usage o WHERE o.hour < v_to
+        SELECT o.* FROM waybill.open_usage o
+         WHERE o.hour < v_to AND waybill.rollup_shard(o.project_id, v_shards) = p_shard
     )
     SELECT coalesce(w.project_id, p.project_id, o.project_id) AS project_id,
            coalesce(w.hour, p.hour, o.hour) AS hour,
@@ -481,9 +523,11 @@ BEGIN
                 UNION ALL
                 SELECT l.project_id, v_from FROM waybill.resource_levels l
                  WHERE v_to > v_from AND l.level <> 0
+                   AND waybill.rollup_shard(l.project_id, v_shards) = p_shard
                 UNION ALL
                 SELECT s.project_id, v_from FROM waybill.domain_steps s
-                 WHERE s.at >= v_from AND s.at < v_to) x
+                 WHERE s.at >= v_from AND s.at < v_to
+                   AND waybill.rollup_shard(s.project_id, v_shards) = p_shard) x
          GROUP BY x.project_id
     )
     -- The levels at v_from (stored, before this run) and, for domains, just
@@ -538,7 +582,8 @@ BEGIN
     INSERT INTO waybill.resource_levels AS l (project_id, kind, level)
     SELECT c.project_id, c.kind, c.level FROM changed c WHERE c.level <> 0
     ON CONFLICT ON CONSTRAINT resource_levels_pkey DO UPDATE SET level = excluded.level;
-    DELETE FROM waybill.open_usage o WHERE o.hour < v_to;
+    DELETE FROM waybill.open_usage o
+     WHERE o.hour < v_to AND waybill.rollup_shard(o.project_id, v_shards) = p_shard;
     INSERT INTO waybill.open_usage AS o (project_id, hour, compute_delta, compute_weighted,
         storage_delta, storage_weighted, build_seconds, bandwidth_gb)
     SELECT c.project_id, c.hour, c.compute_delta, c.compute_weighted, c.storage_delta,
@@ -726,10 +771,11 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('write_hourly_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    UPDATE waybill.rollup_state
-       SET watermark = v_hi, closed_until = v_to, hourly_run_at = now();
+    UPDATE waybill.rollup_shards s
+       SET watermark = v_hi, closed_until = v_to, hourly_run_at = now()
+     WHERE s.shard = p_shard;
 
-    RETURN jsonb_build_object('events', v_events, 'resources', v_resources,
+    RETURN jsonb_build_object('shard', p_shard, 'events', v_events, 'resources', v_resources,
                               'dirty_days', v_cells, 'watermark', v_hi,
                               'closed_until', v_to, 'waited_for_writers', v_waited > 0,
                               'timings', v_timings);

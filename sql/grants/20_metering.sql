@@ -10,6 +10,6 @@ GRANT SELECT ON waybill.rollup_state TO waybill_app;
 GRANT EXECUTE ON FUNCTION waybill.usage_as_of(), waybill.usage_between(uuid, timestamptz, timestamptz),
     waybill.usage_series(uuid, timestamptz, timestamptz, text) TO waybill_app;
 -- Functions are executable by PUBLIC by default; the rollups are not for readers.
-REVOKE EXECUTE ON FUNCTION waybill.rollup_hourly(timestamptz, interval), waybill.rollup_daily(date),
-    waybill.run_scheduled_rollups(text), waybill.recompute_usage_from_scratch(timestamptz)
-    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION waybill.rollup_hourly(timestamptz, interval, integer),
+    waybill.rollup_daily(date), waybill.run_scheduled_rollups(text),
+    waybill.recompute_usage_from_scratch(timestamptz) FROM PUBLIC;
