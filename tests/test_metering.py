@@ -258,9 +258,13 @@ def test_shards_roll_up_apart_and_together_equal_a_recomputation(db_url, db):
     db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 0)", (at("2026-03-03 13:00"),))
     assert hourly(db, second) == {at("2026-03-03 10:00"): 2400}
     assert db.execute("SELECT waybill.usage_as_of()").fetchone()[0] == at("2026-03-03 11:00")
-    # the daily rollup waits for the slowest shard: no day is complete yet
+    # a project's day is rolled up once its shard has closed it
     db.execute("SELECT waybill.rollup_daily('2026-03-04')")
-    assert daily(db, first) == {}
+    assert daily(db, first) == daily(db, second) == {}
+    db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 0)", (at("2026-03-04 00:00"),))
+    db.execute("SELECT waybill.rollup_daily('2026-03-04')")
+    assert daily(db, first) == {date(2026, 3, 3): Decimal(2400 + 13 * 3600)}
+    assert daily(db, second) == {}
 
     result = rollup(db, "2026-03-04 00:00")  # every shard
     assert [run["shard"] for run in result["shards"]] == [0, 1]
@@ -285,6 +289,8 @@ def test_scheduled_hourly_runs_skip_a_shard_another_session_holds(db_url, db):
 def test_an_unknown_shard_is_refused(db):
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="no shard 2"):
         db.execute("SELECT waybill.rollup_hourly(%s, p_shard => 2)", (at("2026-03-03 10:00"),))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no shard -1"):
+        db.execute("SELECT waybill.rollup_daily('2026-03-04', p_shard => -1)")
 
 
 def test_open_insert_is_never_skipped_by_the_watermark(db_url, db):

@@ -145,7 +145,8 @@ def test_any_arrival_order_and_any_runs_equal_a_recomputation_from_scratch(db, s
             if after == position:  # one shard (the project's or not) or all of them
                 db.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
                            (BASE + until_hour * HOUR, shard))
-                db.execute("SELECT waybill.rollup_daily(%s)", ((BASE + until_hour * HOUR).date(),))
+                db.execute("SELECT waybill.rollup_daily(%s, p_shard => %s)",
+                           ((BASE + until_hour * HOUR).date(), shard))
         e = stream[index]
         seq = put(db, project, e["type"], e["resource"], e["when"], **e["metrics"])
         stored.append((seq, e))

@@ -32,28 +32,27 @@ def parse_until(text: str | None, now: datetime | None = None) -> datetime:
 
 
 def aggregate(url: str, until: datetime) -> dict[str, object]:
-    """Roll up every shard's hours before `until`, the shards in parallel, then the days.
+    """Roll up every shard's hours before `until`, then the days they close.
 
-    Each shard runs in its own session and transaction (READ COMMITTED, the
-    default), as the scheduled jobs do; the daily rollup follows once all have
-    committed. Returns {"hourly": [each shard's summary], "daily": summary}.
+    The shards run at once, each in a session of its own: its hourly rollup,
+    then its daily rollup, each in a transaction (READ COMMITTED, the default).
+    Returns {"hourly": [each shard's summary], "daily": [each shard's summary]}.
     """
     with psycopg.connect(url) as conn:
         shards = [row[0] for row in conn.execute(
             "SELECT shard FROM waybill.rollup_shards ORDER BY shard")]
 
-    def roll_up(shard: int) -> object:
-        with psycopg.connect(url) as conn:
-            row = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
-                               (until, shard)).fetchone()
-        return row[0] if row else None
+    def roll_up(shard: int) -> tuple[object, object]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            hourly = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
+                                  (until, shard)).fetchone()
+            daily = conn.execute("SELECT waybill.rollup_daily(%s, p_shard => %s)",
+                                 (until.astimezone(UTC).date(), shard)).fetchone()
+        return (hourly[0] if hourly else None), (daily[0] if daily else None)
 
     with ThreadPoolExecutor(max_workers=len(shards) or 1) as pool:
-        hourly = list(pool.map(roll_up, shards))
-    with psycopg.connect(url) as conn:
-        daily = conn.execute("SELECT waybill.rollup_daily(%s)",
-                             (until.astimezone(UTC).date(),)).fetchone()
-    return {"hourly": hourly, "daily": daily[0] if daily else None}
+        runs = list(pool.map(roll_up, shards))
+    return {"hourly": [run[0] for run in runs], "daily": [run[1] for run in runs]}
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

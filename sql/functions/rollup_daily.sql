@@ -1,23 +1,38 @@
 -- waybill.rollup_daily: bring daily_usage up to date with hourly_usage.
 --
--- Input: p_until, a UTC date: days before it may be computed. A day is computed
--- only once every one of its hours is closed in every shard (before
--- rollup_state.closed_until, the lowest of the shards').
+-- Inputs: p_until, a UTC date: days before it may be computed. A project's day
+-- is computed only once every one of its hours is closed (before its shard's
+-- closed_until). p_shard: the shard of projects (waybill.rollup_shards); NULL:
+-- every shard, one after the other, in this transaction.
 -- Reads: rollup_dirty_days (the days whose hourly cells changed) and their hours.
 -- Output: jsonb {days}: how many project-days were recomputed.
 -- Side effects: upserts/deletes daily_usage rows (sums; custom_domains = max),
 -- removes the days it handled from rollup_dirty_days. Serializes with
--- rollup_hourly on the shards' advisory locks (all of them, in shard order, as
--- rollup_hourly for every shard takes them). Errors: none of its own.
-CREATE OR REPLACE FUNCTION waybill.rollup_daily(p_until date) RETURNS jsonb
+-- rollup_hourly on the shard's advisory lock. Errors: 22023 when p_shard is not
+-- a shard.
+CREATE OR REPLACE FUNCTION waybill.rollup_daily(p_until date, p_shard integer DEFAULT NULL)
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_closed  timestamptz;
+    v_shards  integer;
     v_days    bigint;
+    v_shard   integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), s.shard)
-       FROM (SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard) s;
-    SELECT closed_until INTO STRICT v_closed FROM waybill.rollup_state;
+    IF p_shard IS NULL THEN
+        v_days := 0;
+        FOR v_shard IN SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard LOOP
+            v_days := v_days + (waybill.rollup_daily(p_until, v_shard)->>'days')::bigint;
+        END LOOP;
+        RETURN jsonb_build_object('days', v_days);
+    END IF;
+    v_shards := (SELECT count(*) FROM waybill.rollup_shards);
+    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), p_shard);
+    SELECT s.closed_until INTO v_closed FROM waybill.rollup_shards s WHERE s.shard = p_shard;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rollup_daily: no shard %, there are % (0 to %)', p_shard, v_shards, v_shards - 1
+            USING ERRCODE = '22023';
+    END IF;
     IF v_closed IS NULL THEN
         RETURN jsonb_build_object('days', 0);
     END IF;
@@ -28,6 +43,7 @@ BEGIN
         DELETE FROM waybill.rollup_dirty_days d
          WHERE d.day < p_until
            AND ((d.day + 1)::timestamp AT TIME ZONE 'UTC') <= v_closed
+           AND waybill.rollup_shard(d.project_id, v_shards) = p_shard
         RETURNING d.project_id, d.day
     )
     SELECT t.project_id, t.day, (t.day::timestamp AT TIME ZONE 'UTC') AS day_start FROM taken t;
@@ -64,7 +80,7 @@ BEGIN
            IS DISTINCT FROM (excluded.compute_gb_seconds, excluded.storage_gb_seconds,
             excluded.build_seconds, excluded.bandwidth_gb, excluded.custom_domains);
 
-    UPDATE waybill.rollup_shards SET daily_run_at = now();
+    UPDATE waybill.rollup_shards s SET daily_run_at = now() WHERE s.shard = p_shard;
     RETURN jsonb_build_object('days', v_days);
 END
 $$;

@@ -8,7 +8,7 @@
 -- skips the others: several hourly jobs started together share the shards out
 -- between them and run in parallel (docs/metering.md, "Shards"). A shard
 -- skipped is being brought up to the same hour by the session that holds it.
--- 'daily' waits for every shard, then rolls up the days.
+-- 'daily' waits for every shard, then rolls up every shard's days.
 -- Side effects: those of rollup_hourly and rollup_daily. Errors: 22023 for an
 -- unknown p_job.
 CREATE OR REPLACE FUNCTION waybill.run_scheduled_rollups(p_job text DEFAULT 'hourly')

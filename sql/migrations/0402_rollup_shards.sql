@@ -50,5 +50,6 @@ SELECT min(s.watermark) AS watermark,
        count(*)::integer AS shards
   FROM waybill.rollup_shards s;
 
--- The two-argument form is replaced by one with p_shard (sql/functions).
+-- The rollups gain a p_shard argument (sql/functions): the old forms go.
 DROP FUNCTION IF EXISTS waybill.rollup_hourly(timestamptz, interval);
+DROP FUNCTION IF EXISTS waybill.rollup_daily(date);
