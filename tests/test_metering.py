@@ -251,6 +251,7 @@ def test_shards_roll_up_apart_and_together_equal_a_recomputation(db_url, db):
     assert hourly(db, second) == {}
     # usage is complete only up to where every shard stands: shard 1 never ran
     assert db.execute("SELECT waybill.usage_as_of()").fetchone()[0] is None
+    assert db.execute("SELECT waybill.billing_usage_as_of()").fetchone()[0] is None
 
     # shard 1 catches up in a session of its own while shard 0 goes on
     with psycopg.connect(db_url, autocommit=True) as other:

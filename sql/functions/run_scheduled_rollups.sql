@@ -7,7 +7,10 @@
 -- 'hourly' rolls up every shard no other session is rolling up right now and
 -- skips the others: several hourly jobs started together share the shards out
 -- between them and run in parallel (docs/metering.md, "Shards"). A shard
--- skipped is being brought up to the same hour by the session that holds it.
+-- skipped is held by another session: another hourly run, bringing it to the
+-- same hour; or another rollup (a daily run, `waybill aggregate` with an
+-- earlier --until), after which it catches up at the next hourly run. Waiting
+-- for it instead could deadlock with a run that holds it and waits for ours.
 -- 'daily' waits for every shard, then rolls up every shard's days.
 -- Side effects: those of rollup_hourly and rollup_daily. Errors: 22023 for an
 -- unknown p_job.

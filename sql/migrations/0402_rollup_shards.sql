@@ -11,13 +11,18 @@
 --   is a migration's, not a repeatable function's, because the derived tables
 --   of a shard hold its projects only: changing the mapping while shards stand
 --   at different points would lose or double an hour. uuid_hash_extended is
---   the hash PostgreSQL's hash partitioning stores by, so it is stable across
---   versions and upgrades.
+--   the function hash partitions store rows by (with their own seed), so
+--   PostgreSQL keeps it stable across versions and upgrades.
 -- - waybill.rollup_shards: one row per shard (two here), with the bookkeeping
 --   rollup_state held: watermark, closed_until, last run times. Both start
 --   where rollup_state stood, which is exact: every project was at that point.
+--   A rollup of the old code still running (a scheduled run during the
+--   deploy) would move that point after it is copied: the migration first
+--   waits for it and keeps it out (the table lock below).
 -- - waybill.rollup_state becomes a view of what holds for every shard (the
 --   lowest watermark and closed_until), so its readers keep their meaning.
+
+LOCK TABLE waybill.rollup_state IN ACCESS EXCLUSIVE MODE;
 
 CREATE FUNCTION waybill.rollup_shard(p_project_id uuid, p_shards integer) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
