@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,3 +181,47 @@ def record(name: str, results: dict[str, Any], summary: str) -> None:
     text = f"# {name}\n\nMeasured {meta['measured_at']} on {meta['machine']} with `{meta['command']}`.\n\n{summary}\n"
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
+
+
+def rollup_shards(url: str, until: datetime, *, keep: bool = True,
+                  days: bool = False) -> tuple[float, list[Any]]:
+    """rollup_hourly for every shard, each in a session of its own, all at once, as the
+    scheduled jobs run them (days=True: then each shard's rollup_daily, in the same
+    transaction, as `waybill aggregate` runs them); return the wall time of the calls
+    and each shard's hourly summary. keep=False rolls every shard's transaction back,
+    so the same run can be repeated."""
+    with psycopg.connect(url) as conn:
+        shards = [row[0] for row in conn.execute(
+            "SELECT shard FROM waybill.rollup_shards ORDER BY shard")]
+    ready, done = threading.Barrier(len(shards)), threading.Barrier(len(shards))
+    spans: dict[int, tuple[float, float, Any]] = {}
+
+    def run(shard: int) -> None:
+        try:
+            with psycopg.connect(url) as conn:
+                conn.execute("SET work_mem = '1GB'")
+                ready.wait()
+                started = time.perf_counter()
+                summary = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
+                                       (until, shard)).fetchone()[0]
+                if days:
+                    conn.execute("SELECT waybill.rollup_daily(%s, p_shard => %s)",
+                                 (until.date(), shard))
+                spans[shard] = (started, time.perf_counter(), summary)
+                done.wait()  # nobody commits before all have run: one point in time
+                if not keep:
+                    conn.rollback()
+        except BaseException:
+            ready.abort()  # the others stop waiting for this shard
+            done.abort()
+            raise
+
+    threads = [threading.Thread(target=run, args=(shard,)) for shard in shards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(spans) != len(shards):
+        raise RuntimeError("a shard's rollup failed; see the traceback above")
+    wall = max(s[1] for s in spans.values()) - min(s[0] for s in spans.values())
+    return wall, [spans[shard][2] for shard in shards]

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from bench.common import api_process, fresh_database, record, sequential_latency
+from bench.common import api_process, fresh_database, record, rollup_shards, sequential_latency
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 PROJECTS, DEPLOYMENTS, VOLUMES, DOMAINS = 2000, 12000, 4000, 4000
@@ -164,50 +163,6 @@ def _timed(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> tuple
     return time.perf_counter() - started, row[0] if row else None
 
 
-def _rollup_shards(url: str, until: datetime, *, keep: bool,
-                   days: bool = False) -> tuple[float, list[Any]]:
-    """rollup_hourly for every shard, each in a session of its own, all at once, as the
-    scheduled jobs run them (days=True: then each shard's rollup_daily, in the same
-    transaction, as `waybill aggregate` runs them); return the wall time of the calls
-    and each shard's hourly summary. keep=False rolls every shard's transaction back,
-    so the same run can be repeated."""
-    with psycopg.connect(url) as conn:
-        shards = [row[0] for row in conn.execute(
-            "SELECT shard FROM waybill.rollup_shards ORDER BY shard")]
-    ready, done = threading.Barrier(len(shards)), threading.Barrier(len(shards))
-    spans: dict[int, tuple[float, float, Any]] = {}
-
-    def run(shard: int) -> None:
-        try:
-            with psycopg.connect(url) as conn:
-                conn.execute("SET work_mem = '1GB'")
-                ready.wait()
-                started = time.perf_counter()
-                summary = conn.execute("SELECT waybill.rollup_hourly(%s, p_shard => %s)",
-                                       (until, shard)).fetchone()[0]
-                if days:
-                    conn.execute("SELECT waybill.rollup_daily(%s, p_shard => %s)",
-                                 (until.date(), shard))
-                spans[shard] = (started, time.perf_counter(), summary)
-                done.wait()  # nobody commits before all have run: one point in time
-                if not keep:
-                    conn.rollback()
-        except BaseException:
-            ready.abort()  # the others stop waiting for this shard
-            done.abort()
-            raise
-
-    threads = [threading.Thread(target=run, args=(shard,)) for shard in shards]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if len(spans) != len(shards):
-        raise RuntimeError("a shard's rollup failed; see the traceback above")
-    wall = max(s[1] for s in spans.values()) - min(s[0] for s in spans.values())
-    return wall, [spans[shard][2] for shard in shards]
-
-
 def _generate(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """Store the month but its last hour; return the g range of that last hour."""
     started = time.perf_counter()
@@ -261,7 +216,7 @@ def run() -> None:
         _timed(conn, _FLOOR_SQL)
         floor_s, groups = _timed(conn, _FLOOR_SQL)
 
-        full_s, full = _rollup_shards(url, LAST_HOUR, keep=True, days=True)
+        full_s, full = rollup_shards(url, LAST_HOUR, keep=True, days=True)
         conn.execute("VACUUM ANALYZE waybill.resource_current")
         conn.execute("VACUUM ANALYZE waybill.hourly_usage")
         current = conn.execute("SELECT count(*) FROM waybill.resource_current").fetchone()[0]
@@ -277,9 +232,9 @@ def run() -> None:
         incr_runs = []
         for run in range(INCREMENTAL_RUNS):
             conn.execute("CHECKPOINT")
-            incr_runs.append(_rollup_shards(url, END, keep=run == INCREMENTAL_RUNS - 1))
+            incr_runs.append(rollup_shards(url, END, keep=run == INCREMENTAL_RUNS - 1))
         incr_s, incr = sorted(incr_runs, key=lambda r: r[0])[len(incr_runs) // 2]
-        idle_s, idle = _rollup_shards(url, END, keep=True)
+        idle_s, idle = rollup_shards(url, END, keep=True)
 
         as_of = _load_current_month(conn)
     with api_process(url, DASHBOARD_API_KEY=DASHBOARD_KEY) as (_, base):
