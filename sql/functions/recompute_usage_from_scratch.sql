@@ -14,7 +14,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_hourly jsonb;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), s.shard)
+    PERFORM waybill.lock_rollup_shard(s.shard)
        FROM (SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard) s;
     DELETE FROM waybill.resource_current;
     DELETE FROM waybill.resource_levels;

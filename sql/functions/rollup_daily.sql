@@ -26,13 +26,8 @@ BEGIN
         END LOOP;
         RETURN jsonb_build_object('days', v_days);
     END IF;
+    v_closed := (waybill.lock_rollup_shard(p_shard)).closed_until;
     v_shards := (SELECT count(*) FROM waybill.rollup_shards);
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), p_shard);
-    SELECT s.closed_until INTO v_closed FROM waybill.rollup_shards s WHERE s.shard = p_shard;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rollup_daily: no shard %, there are % (0 to %)', p_shard, v_shards, v_shards - 1
-            USING ERRCODE = '22023';
-    END IF;
     IF v_closed IS NULL THEN
         RETURN jsonb_build_object('days', 0);
     END IF;

@@ -72,13 +72,8 @@ BEGIN
             'closed_until', (SELECT s.closed_until FROM waybill.rollup_state s),
             'shards', v_runs);
     END IF;
+    v_state := waybill.lock_rollup_shard(p_shard);
     v_shards := (SELECT count(*) FROM waybill.rollup_shards);
-    PERFORM pg_advisory_xact_lock(hashtext('waybill.rollups'), p_shard);
-    SELECT * INTO v_state FROM waybill.rollup_shards s WHERE s.shard = p_shard FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rollup_hourly: no shard %, there are % (0 to %)', p_shard, v_shards, v_shards - 1
-            USING ERRCODE = '22023';
-    END IF;
     -- A backfill sorts and stages millions of rows; keep them in memory when we
     -- can. temp_buffers only takes before the session's first temporary table.
     PERFORM set_config('work_mem', '1GB', true)

@@ -32,7 +32,7 @@ BEGIN
         RETURN jsonb_build_object('hourly', v_hourly, 'daily', v_daily);
     END IF;
     FOR v_shard IN SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard LOOP
-        -- the lock rollup_hourly takes for the shard, taken first without waiting
+        -- the shard's lock (waybill.lock_rollup_shard), taken first without waiting
         IF pg_try_advisory_xact_lock(hashtext('waybill.rollups'), v_shard) THEN
             v_hourly := v_hourly || waybill.rollup_hourly(v_until, p_shard => v_shard);
         END IF;
