@@ -342,8 +342,9 @@ BEGIN
            s.value_delta, s.prev_active, s.is_last
       FROM _m_side s
      WHERE NOT s.is_seed AND NOT s.settled;
-    v_resources := (SELECT count(*) FROM _m_rows r WHERE r.next_effect = 3) + v_late;
-    v_events := (SELECT coalesce(sum(r.n), 0) FROM _m_rows r WHERE r.next_effect = 3)
+    SELECT count(*) + v_late, coalesce(sum(r.n), 0) INTO v_resources, v_events
+      FROM _m_rows r WHERE r.next_effect = 3;
+    v_events := v_events
               + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark);
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
@@ -525,7 +526,15 @@ BEGIN
     -- differences, added to the stored cell; domains are recomputed outright
     -- from domain_steps.
     CREATE TEMP TABLE _m_win ON COMMIT DROP AS
-    WITH spans AS (
+    WITH stored AS (  -- the shard's levels at v_from: a row per project that has one
+        SELECT l.project_id,
+               coalesce(sum(l.level) FILTER (WHERE l.kind = 'compute'), 0) AS compute,
+               coalesce(sum(l.level) FILTER (WHERE l.kind = 'volume'), 0) AS storage,
+               coalesce(sum(l.level) FILTER (WHERE l.kind = 'domain'), 0) AS domains
+          FROM waybill.resource_levels l
+         WHERE waybill.rollup_shard(l.project_id, v_shards) = p_shard
+         GROUP BY l.project_id
+    ), spans AS (
         SELECT x.project_id, min(x.hour) AS lo
           FROM (SELECT c.project_id, least(c.hour, v_from) AS hour FROM _m_changes c
                  WHERE c.hour < v_to
@@ -533,9 +542,7 @@ BEGIN
                 SELECT d.project_id, least(waybill.utc_hour(d.at), v_from) FROM _m_dsteps d
                  WHERE d.at < v_to
                 UNION ALL
-                SELECT l.project_id, v_from FROM waybill.resource_levels l
-                 WHERE v_to > v_from AND l.level <> 0
-                   AND waybill.rollup_shard(l.project_id, v_shards) = p_shard
+                SELECT l.project_id, v_from FROM stored l WHERE v_to > v_from  -- a level is never 0
                 UNION ALL
                 SELECT s.project_id, v_from FROM waybill.domain_steps s
                  WHERE s.at >= v_from AND s.at < v_to
@@ -545,12 +552,10 @@ BEGIN
     -- The levels at v_from (stored, before this run) and, for domains, just
     -- before lo: the stored level, plus this run's steps before v_from, minus
     -- every step in [lo, v_from).
-    SELECT w.project_id, w.lo, coalesce(lc.level, 0) AS compute, coalesce(lv.level, 0) AS storage,
-           coalesce(ld.level, 0) + coalesce(rd.delta, 0) - coalesce(sd.delta, 0) AS domains
+    SELECT w.project_id, w.lo, coalesce(l.compute, 0) AS compute, coalesce(l.storage, 0) AS storage,
+           coalesce(l.domains, 0) + coalesce(rd.delta, 0) - coalesce(sd.delta, 0) AS domains
       FROM spans w
-      LEFT JOIN waybill.resource_levels lc ON lc.project_id = w.project_id AND lc.kind = 'compute'
-      LEFT JOIN waybill.resource_levels lv ON lv.project_id = w.project_id AND lv.kind = 'volume'
-      LEFT JOIN waybill.resource_levels ld ON ld.project_id = w.project_id AND ld.kind = 'domain'
+      LEFT JOIN stored l ON l.project_id = w.project_id
       LEFT JOIN (SELECT d.project_id, sum(d.delta) AS delta FROM _m_dsteps d
                   WHERE d.at < v_from GROUP BY d.project_id) rd ON rd.project_id = w.project_id
       LEFT JOIN LATERAL (SELECT sum(s.delta) AS delta FROM waybill.domain_steps s
