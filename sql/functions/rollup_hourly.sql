@@ -49,7 +49,7 @@ DECLARE
     v_parallel_tuple text := current_setting('parallel_tuple_cost');
     v_mergejoin      text := current_setting('enable_mergejoin');
     v_sort           text := current_setting('enable_sort');
-    v_nestloop       text := current_setting('enable_nestloop');
+    v_stats_target   text := current_setting('default_statistics_target');
     v_backfill       boolean;
 BEGIN
     IF p_until IS NULL OR p_until <> waybill.utc_hour(p_until) THEN
@@ -84,7 +84,7 @@ BEGIN
     PERFORM set_config('jit', 'off', true);
     -- The temporary tables are analyzed for their row counts and rough value
     -- ranges; a sample of 3,000 rows tells those (the default, 30,000, costs
-    -- an hourly run 1 to 2 ms a table).
+    -- an hourly run 1 to 2 ms a table). Restored after the last one.
     PERFORM set_config('default_statistics_target', '10', true);
     -- Plans depend on how many events are new (an hour's worth: by seq and a
     -- sort; a backfill: the replay index, already sorted), so plan each
@@ -157,11 +157,7 @@ BEGIN
     -- Each resource's first row carries its seed, the current state before
     -- this run (c_*; NULL for a new resource): found here once, for the late
     -- check, the replay and the changes alike.
-    -- The seeds are joined by hash: guessing that the shard filter keeps 0.5 %
-    -- of the rows, the planner would probe resource_current's index once a
-    -- row, for thousands of rows.
     PERFORM set_config('enable_sort', 'off', true) WHERE v_backfill;
-    PERFORM set_config('enable_nestloop', 'off', true);
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     SELECT r.*, c.event_time AS c_time, c.seq AS c_seq, c.active AS c_active,
            c.replicas AS c_replicas, c.cpu_millicores AS c_cpu, c.memory_mb AS c_memory,
@@ -193,8 +189,7 @@ BEGIN
        AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
      WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
         OR r.max_seq > r.seq;
-    PERFORM set_config('enable_sort', v_sort, true),
-            set_config('enable_nestloop', v_nestloop, true);
+    PERFORM set_config('enable_sort', v_sort, true);
     ANALYZE _m_rows (n);
 
     -- 2. Late resources: a new event comes before the resource's latest applied
@@ -562,6 +557,7 @@ BEGIN
                           WHERE w.lo < v_from AND s.project_id = w.project_id
                             AND s.at >= w.lo AND s.at < v_from) sd ON true;
     ANALYZE _m_win (lo);
+    PERFORM set_config('default_statistics_target', v_stats_target, true);
     -- The earliest hour any window reaches: domain steps are read from there
     -- on (an index range), not from the start of their history.
     v_lo := (SELECT min(w.lo) FROM _m_win w);
@@ -762,20 +758,29 @@ BEGIN
     ), changed AS (
         SELECT * FROM removed UNION ALL SELECT * FROM written
     )
-    -- The days of the cells written: the changed closed cells, and every day
-    -- of the new hours [v_from, v_to) of every window, a few rows per project
-    -- instead of one per cell or run. A day whose new cells are all zero is
-    -- noted too; the daily rollup finds no cells there and writes nothing.
-    -- A repeat (v_from's day) is left to ON CONFLICT.
+    -- The days of the cells written: the changed closed cells, and, for each
+    -- project with a new cell that is not all zero (a run with a level, or an
+    -- hour with point usage), every day of the new hours [v_from, v_to): a
+    -- row per project and day, not per cell or run. A day of such a project
+    -- whose new cells are all zero is noted too; the daily rollup finds no
+    -- cells there and writes nothing. A repeat (v_from's day) is left to
+    -- ON CONFLICT.
     INSERT INTO waybill.rollup_dirty_days (project_id, day)
     SELECT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
     UNION ALL
-    SELECT w.project_id, d.day::date
-      FROM _m_win w
+    SELECT n.project_id, d.day::date
+      FROM (SELECT x.project_id
+              FROM (SELECT r.project_id FROM runs r
+                     WHERE r.run_to > v_from
+                       AND (r.compute_new, r.storage_new, r.custom_domains) <> (0, 0, 0)
+                    UNION ALL
+                    SELECT p.project_id FROM _m_changes p
+                     WHERE p.hour >= v_from AND p.hour < v_to
+                       AND (p.build_seconds, p.bandwidth_gb) <> (0, 0)) x
+             GROUP BY x.project_id) n
      CROSS JOIN generate_series(date_trunc('day', v_from AT TIME ZONE 'UTC'),
                                 (v_to - interval '1 hour') AT TIME ZONE 'UTC',
                                 interval '1 day') d(day)
-     WHERE v_to > v_from
     ON CONFLICT ON CONSTRAINT rollup_dirty_days_pkey DO NOTHING;
     GET DIAGNOSTICS v_cells = ROW_COUNT;
     PERFORM set_config('enable_mergejoin', v_mergejoin, true);

@@ -1,4 +1,4 @@
--- depends: 0402_rollup_shards
+-- depends: 0104_metering_event_columns 0402_rollup_shards
 -- A resource's key (kind, resource_type, resource_id) compares byte by byte
 -- (COLLATE "C") in every metering table, whatever the database's locale.
 --
@@ -12,7 +12,7 @@
 --
 -- Equality does not change (collations here are deterministic), so no key
 -- becomes equal to another. The columns keep their type; usage_events's
--- replay index is rebuilt (about 30 s per 10 million events, while ingestion
+-- replay index is rebuilt (about 20 s per 10 million events, while ingestion
 -- waits on the table lock).
 
 -- The view that reads these columns is re-created from sql/views after the
