@@ -171,14 +171,29 @@ def sequential_latency(base: str, method: str, path: Callable[[int], str], count
             "failures": float(failures)}
 
 
+def cpu_check_seconds() -> float:
+    """The best of three timings of a fixed CPU-bound loop. A shared machine's speed
+    drifts (on the 2-core machines here by up to 60 % within minutes); results
+    carry this next to them, so a slow run can be told from a slow change."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(3_000_000))
+        timings.append(time.perf_counter() - started)
+    return round(min(timings), 3)
+
+
 def record(name: str, results: dict[str, Any], summary: str) -> None:
     """Write bench/results/<name>.json and .md and print the summary."""
     RESULTS.mkdir(exist_ok=True)
     meta = {"name": name, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-            "command": f"make bench (python -m bench {name})"}
+            "command": f"make bench (python -m bench {name})",
+            "cpu_check_seconds": cpu_check_seconds()}
     (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **results}, indent=2, default=str))
-    text = f"# {name}\n\nMeasured {meta['measured_at']} on {meta['machine']} with `{meta['command']}`.\n\n{summary}\n"
+    text = (f"# {name}\n\nMeasured {meta['measured_at']} on {meta['machine']} with "
+            f"`{meta['command']}`; CPU check (a fixed loop, best of three, timed as the "
+            f"results were written): {meta['cpu_check_seconds']} s.\n\n{summary}\n")
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
 
