@@ -199,6 +199,23 @@ def test_a_second_run_changes_nothing(db):
     assert snapshot(db) == before
 
 
+def test_a_run_leaves_the_callers_planner_settings_as_it_found_them(db):
+    # The run tunes the planner and ANALYZE for its own statements; whatever the
+    # caller's transaction does next (an ANALYZE of a real table, say) must not
+    # inherit that.
+    names = ("default_statistics_target", "enable_sort", "enable_mergejoin",
+             "parallel_setup_cost", "parallel_tuple_cost")
+
+    def settings() -> list[str]:
+        return [db.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] for name in names]
+
+    put(db, new_project(), "deployment.started", "web", "2026-03-03 10:20", **SHAPE)
+    with db.transaction():
+        before = settings()
+        rollup(db, "2026-03-03 12:00")
+        assert settings() == before
+
+
 def test_until_must_be_an_hour_boundary_and_isolation_read_committed(db_url, db):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT waybill.rollup_hourly(%s)", (at("2026-03-03 10:30"),))
