@@ -764,7 +764,10 @@ BEGIN
     -- row per project and day, not per cell or run. A day of such a project
     -- whose new cells are all zero is noted too; the daily rollup finds no
     -- cells there and writes nothing. A repeat (v_from's day) is left to
-    -- ON CONFLICT.
+    -- ON CONFLICT. The projects are grouped, not a UNION: its hash table
+    -- would be sized from the planner's guess at the runs (millions of rows
+    -- in a backfill); a GROUP BY of a column it knows nothing about guesses
+    -- 200.
     INSERT INTO waybill.rollup_dirty_days (project_id, day)
     SELECT c.project_id, (c.hour AT TIME ZONE 'UTC')::date FROM changed c
     UNION ALL
