@@ -295,7 +295,7 @@ def test_scheduled_hourly_runs_skip_a_shard_another_session_holds(db_url, db):
     held = project_in_shard(db, 1)
     put(db, held, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=2)
     with psycopg.connect(db_url) as other:  # a run of shard 1 in progress
-        other.execute("SELECT pg_advisory_xact_lock(hashtext('waybill.rollups'), 1)")
+        other.execute("SELECT waybill.lock_rollup_shard(1)")
         result = db.execute("SELECT waybill.run_scheduled_rollups('hourly')").fetchone()[0]
     assert [run["shard"] for run in result["hourly"]] == [0]
     assert hourly(db, held, "bandwidth_gb") == {}

@@ -32,8 +32,8 @@ BEGIN
         RETURN jsonb_build_object('hourly', v_hourly, 'daily', v_daily);
     END IF;
     FOR v_shard IN SELECT s.shard FROM waybill.rollup_shards s ORDER BY s.shard LOOP
-        -- the shard's lock (waybill.lock_rollup_shard), taken first without waiting
-        IF pg_try_advisory_xact_lock(hashtext('waybill.rollups'), v_shard) THEN
+        -- the shard's lock, taken first without waiting (a NULL row: held)
+        IF (waybill.lock_rollup_shard(v_shard, p_wait => false)).shard IS NOT NULL THEN
             v_hourly := v_hourly || waybill.rollup_hourly(v_until, p_shard => v_shard);
         END IF;
     END LOOP;

@@ -12,5 +12,5 @@ GRANT EXECUTE ON FUNCTION waybill.usage_as_of(), waybill.usage_between(uuid, tim
 -- Functions are executable by PUBLIC by default; the rollups are not for readers.
 REVOKE EXECUTE ON FUNCTION waybill.rollup_hourly(timestamptz, interval, integer),
     waybill.rollup_daily(date, integer), waybill.run_scheduled_rollups(text),
-    waybill.recompute_usage_from_scratch(timestamptz), waybill.lock_rollup_shard(integer)
+    waybill.recompute_usage_from_scratch(timestamptz), waybill.lock_rollup_shard(integer, boolean)
     FROM PUBLIC;
