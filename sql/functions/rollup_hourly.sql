@@ -134,8 +134,8 @@ BEGIN
     v_timings := v_timings || jsonb_build_object('wait_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
-    DROP TABLE IF EXISTS pg_temp._m_late, pg_temp._m_rows, pg_temp._m_side,
-        pg_temp._m_final, pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win;
+    DROP TABLE IF EXISTS pg_temp._m_late, pg_temp._m_rows, pg_temp._m_final,
+        pg_temp._m_changes, pg_temp._m_dsteps, pg_temp._m_win;
 
     -- 1. One pass over the new events in (resource, event_time, seq) order (a
     -- backfill reads them sorted from the replay index; an hour's worth is
@@ -156,7 +156,9 @@ BEGIN
     -- read that, and both are kept).
     -- Each resource's first row carries its seed, the current state before
     -- this run (c_*; NULL for a new resource): found here once, for the late
-    -- check, the replay and the changes alike.
+    -- check, the replay and the changes alike, and looked up for first rows
+    -- only (OFFSET 0 keeps `r.n = 1` a test before the lookup; as a join
+    -- condition it was checked after it, for every row).
     PERFORM set_config('enable_sort', 'off', true) WHERE v_backfill;
     CREATE TEMP TABLE _m_rows ON COMMIT DROP AS
     SELECT r.*, c.event_time AS c_time, c.seq AS c_seq, c.active AS c_active,
@@ -184,9 +186,11 @@ BEGIN
         WINDOW w AS (PARTITION BY e.project_id, e.kind, e.resource_type, e.resource_id
                      ORDER BY e.event_time, e.seq ROWS UNBOUNDED PRECEDING)
     ) r
-      LEFT JOIN waybill.resource_current c
-        ON r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
-       AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+      LEFT JOIN LATERAL (
+            SELECT c.* FROM waybill.resource_current c
+             WHERE r.n = 1 AND c.project_id = r.project_id AND c.kind = r.kind
+               AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id
+            OFFSET 0) c ON true
      WHERE r.code IS DISTINCT FROM r.prev_code OR r.effect > 0 OR r.next_effect >= 2
         OR r.max_seq > r.seq;
     PERFORM set_config('enable_sort', v_sort, true);
@@ -234,7 +238,11 @@ BEGIN
     -- sort, by (old, resource, event_time, seq), serves every window.
     -- `settled` marks the in-order rows step 1 already knows (seeds and the
     -- resets before a modifier are only starting states here).
-    CREATE TEMP TABLE _m_side ON COMMIT DROP AS
+    -- The result, _m_final: every replayed event with its state after it, its
+    -- change of value and whether its resource was active before it: the
+    -- resets step 1 settled (a resource's first row against its seed), and
+    -- the others from the replay (seeds and anchors are starting states only).
+    CREATE TEMP TABLE _m_final ON COMMIT DROP AS
     WITH input AS (
         SELECT false AS old, false AS late, r.project_id, r.kind, r.resource_type, r.resource_id,
                r.c_time AS event_time, r.c_seq AS seq, NULL::waybill.event_type AS event_type,
@@ -282,7 +290,7 @@ BEGIN
                max(CASE WHEN i.f_s IS NOT NULL THEN i.ord END) OVER w AS p_s
           FROM numbered i
         WINDOW w AS (PARTITION BY i.old, i.project_id, i.kind, i.resource_type, i.resource_id
-                     ORDER BY i.event_time, i.seq)
+                     ORDER BY i.event_time, i.seq ROWS UNBOUNDED PRECEDING)
     ), carried AS (
         SELECT c.*,
                coalesce(nth_value(c.reset, c.p_reset) OVER w = 'on', false) AS active,
@@ -290,7 +298,7 @@ BEGIN
                nth_value(c.f_m, c.p_m) OVER w AS s_m, nth_value(c.f_s, c.p_s) OVER w AS s_s
           FROM located c
         WINDOW w AS (PARTITION BY c.old, c.project_id, c.kind, c.resource_type, c.resource_id
-                     ORDER BY c.event_time, c.seq)
+                     ORDER BY c.event_time, c.seq ROWS UNBOUNDED PRECEDING)
     ), valued AS (
         SELECT k.old, k.late, k.project_id, k.kind, k.resource_type, k.resource_id, k.event_time,
                k.seq, k.event_type, k.is_seed, k.settled, k.last_in_run, k.active,
@@ -303,22 +311,17 @@ BEGIN
                     WHEN k.kind = 'volume' THEN coalesce(k.s_s, 0)
                     ELSE 1 END AS value
           FROM carried k
+    ), side AS (
+        SELECT v.*,
+               v.value - coalesce(lag(v.value) OVER w, 0) AS value_delta,
+               coalesce(lag(v.active) OVER w, false) AS prev_active,
+               -- late rows: the last of the replay; in-order rows: the last of the run
+               CASE WHEN v.late THEN lead(v.seq) OVER w IS NULL ELSE v.last_in_run END AS is_last
+          FROM valued v
+        WINDOW w AS (PARTITION BY v.old, v.project_id, v.kind, v.resource_type, v.resource_id
+                     ORDER BY v.event_time, v.seq)
     )
-    SELECT v.*,
-           v.value - coalesce(lag(v.value) OVER w, 0) AS value_delta,
-           coalesce(lag(v.active) OVER w, false) AS prev_active,
-           -- late rows: the last of the replay; in-order rows: the last of the run
-           CASE WHEN v.late THEN lead(v.seq) OVER w IS NULL ELSE v.last_in_run END AS is_last
-      FROM valued v
-    WINDOW w AS (PARTITION BY v.old, v.project_id, v.kind, v.resource_type, v.resource_id
-                 ORDER BY v.event_time, v.seq);
-
-    -- Every replayed event with its state after it, its change of value and
-    -- whether its resource was active before it: the resets step 1 settled
-    -- (a resource's first row against its seed), and the others from the
-    -- replay (seeds and anchors are starting states only).
-    CREATE TEMP TABLE _m_final ON COMMIT DROP AS
-    SELECT false AS old, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
+    SELECT false AS old, false AS late, r.project_id, r.kind, r.resource_type, r.resource_id, r.event_time,
            r.seq, r.event_type, r.code >= 0 AS active,
            CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.replicas END AS replicas,
            CASE WHEN r.code >= 0 AND r.kind = 'compute' THEN r.cpu_millicores END AS cpu_millicores,
@@ -332,15 +335,15 @@ BEGIN
       FROM _m_rows r
      WHERE r.code IS NOT NULL AND (r.prev_code IS NOT NULL OR r.n = 1)
     UNION ALL
-    SELECT s.old, s.project_id, s.kind, s.resource_type, s.resource_id, s.event_time, s.seq,
-           s.event_type, s.active, s.replicas, s.cpu_millicores, s.memory_mb, s.size_gb, s.value,
-           s.value_delta, s.prev_active, s.is_last
-      FROM _m_side s
+    SELECT s.old, s.late, s.project_id, s.kind, s.resource_type, s.resource_id, s.event_time,
+           s.seq, s.event_type, s.active, s.replicas, s.cpu_millicores, s.memory_mb, s.size_gb,
+           s.value, s.value_delta, s.prev_active, s.is_last
+      FROM side s
      WHERE NOT s.is_seed AND NOT s.settled;
     SELECT count(*) + v_late, coalesce(sum(r.n), 0) INTO v_resources, v_events
       FROM _m_rows r WHERE r.next_effect = 3;
     v_events := v_events
-              + (SELECT count(*) FROM _m_side s WHERE s.late AND NOT s.old AND s.seq > v_state.watermark);
+              + (SELECT count(*) FROM _m_final f WHERE f.late AND NOT f.old AND f.seq > v_state.watermark);
     v_timings := v_timings || jsonb_build_object('replay_ms', round(extract(epoch FROM clock_timestamp() - v_mark) * 1000, 1));
     v_mark := clock_timestamp();
 
