@@ -339,6 +339,25 @@ def test_open_insert_is_never_skipped_by_the_watermark(db_url, db):
     assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 7}
 
 
+def test_a_caching_event_sequence_stops_the_rollup_before_it_can_skip_events(db_url, db):
+    project = new_project()
+    put(db, project, "bandwidth.usage", "web", "2026-03-03 10:10", egress_gb=3)
+    db.execute("ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 20")
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        put(writer, project, "bandwidth.usage", "web", "2026-03-03 10:20", egress_gb=4)
+        # The writer holds 19 numbers it drew but has not used, and holds no lock.
+        drawn = db.execute(
+            "SELECT pg_sequence_last_value('waybill.usage_events_seq_seq')").fetchone()[0]
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="CACHE 1"):
+            rollup(db, "2026-03-03 12:00")
+        assert db.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0] == 0
+        # Its next event gets one of them: below the bound a run would have taken as safe.
+        assert put(writer, project, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=5) < drawn
+    db.execute("ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1")
+    rollup(db, "2026-03-03 12:00")
+    assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 12}
+
+
 def test_run_killed_half_way_leaves_nothing_and_the_next_run_is_exact(db_url, db):
     project = new_project()
     put(db, project, "deployment.started", "web", "2026-03-03 10:20", **SHAPE)

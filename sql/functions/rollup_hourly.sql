@@ -22,7 +22,8 @@
 -- Errors: 22023 when p_until is not an hour boundary or p_shard is not a
 -- shard; 25001 unless READ COMMITTED
 -- (each statement must see the events committed while the run waited for them);
--- 55P03 when writers are still open after p_max_wait (nothing changed; retry).
+-- 55P03 when writers are still open after p_max_wait (nothing changed; retry);
+-- 55000 when the events' sequence caches numbers (below: the safe upper bound).
 CREATE OR REPLACE FUNCTION waybill.rollup_hourly(p_until timestamptz,
                                                  p_max_wait interval DEFAULT '5 minutes',
                                                  p_shard integer DEFAULT NULL)
@@ -33,6 +34,7 @@ DECLARE
     v_shards     integer;
     v_runs       jsonb := '[]';
     v_hi         bigint;
+    v_seq_cache  bigint;
     v_vxids      text[];
     v_waited     integer := 0;
     v_deadline   timestamptz;
@@ -59,6 +61,19 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'rollup_hourly must run in READ COMMITTED, not %',
             current_setting('transaction_isolation') USING ERRCODE = '25001';
+    END IF;
+    -- The safe upper bound below holds only if a seq is drawn from the
+    -- sequence while its inserter holds the table lock. With a cache, a
+    -- session draws numbers ahead and inserts with them later, possibly
+    -- below a watermark a run has already passed: those events would never
+    -- be billed. Refuse to run rather than skip them.
+    v_seq_cache := (SELECT s.seqcache FROM pg_sequence s
+                     WHERE s.seqrelid = 'waybill.usage_events_seq_seq'::regclass);
+    IF v_seq_cache <> 1 THEN
+        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq must have CACHE 1, it has CACHE %',
+            v_seq_cache USING ERRCODE = '55000',
+            HINT = 'ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1, then restart every '
+                   'session that inserted events since: each still holds the numbers it cached';
     END IF;
     IF p_shard IS NULL THEN
         FOR v_state IN SELECT * FROM waybill.rollup_shards s ORDER BY s.shard LOOP
