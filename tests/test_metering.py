@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.db.migrate import apply_schedules
@@ -337,6 +338,28 @@ def test_open_insert_is_never_skipped_by_the_watermark(db_url, db):
     waiter.join(30)
     assert outcome and outcome[0]["events"] == 2 and outcome[0]["waited_for_writers"]
     assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 7}
+
+
+def test_an_open_insert_straight_into_a_partition_is_never_skipped(db_url, db):
+    project = new_project()
+    first = put(db, project, "bandwidth.usage", "web", "2026-03-03 10:10", egress_gb=3)
+    partition = db.execute("SELECT c.relname FROM waybill.usage_events e"
+                           " JOIN pg_class c ON c.oid = e.tableoid WHERE e.seq = %s",
+                           (first,)).fetchone()[0]
+    with psycopg.connect(db_url) as loader:  # an owner's load into the month's partition, open
+        loader.execute(sql.SQL(
+            "INSERT INTO {} (event_id, project_id, event_type, resource_type, resource_id,"
+            " event_time, quantity, metrics) VALUES (%s, %s, 'bandwidth.usage', 'deployment',"
+            " 'web', %s, 4, '{{\"egress_gb\": 4}}')").format(sql.Identifier("waybill", partition)),
+            (uuid.uuid4(), project, at("2026-03-03 10:20")))
+        put(db, project, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=5)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            db.execute("SELECT waybill.rollup_hourly(%s, '200 milliseconds')",
+                       (at("2026-03-03 12:00"),))
+        assert db.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0] == 0
+        loader.commit()
+    rollup(db, "2026-03-03 12:00")
+    assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 12}
 
 
 def test_a_caching_event_sequence_stops_the_rollup_before_it_can_skip_events(db_url, db):

@@ -112,20 +112,27 @@ BEGIN
         NULL;  -- this session already used temporary tables: keep its setting
     END;
 
-    -- The safe upper bound. An inserter takes RowExclusiveLock on usage_events
-    -- before it draws a seq, so every transaction that drew a seq <= v_hi either
-    -- has ended or is among the lock holders listed next; once those are gone,
-    -- every seq <= v_hi is committed (visible to our next statements) or never
-    -- will be. Nothing below v_hi can appear later, so the watermark never skips.
-    v_hi := coalesce(pg_sequence_last_value('waybill.usage_events_seq_seq'::regclass), 0);
+    -- The safe upper bound. nextval takes RowExclusiveLock on the sequence
+    -- before it hands out a number, and the transaction holds it until it
+    -- ends, so every transaction that drew a seq <= v_hi either has ended or
+    -- is among the lock holders listed next, whichever table it inserts into
+    -- (usage_events, or one of its partitions straight, which locks the
+    -- partition, not usage_events); once those are gone, every seq <= v_hi is
+    -- committed (visible to our next statements) or never will be. Nothing
+    -- below v_hi can appear later, so the watermark never skips. The last
+    -- number is read from the sequence's row: pg_sequence_last_value() takes
+    -- that same lock, and two shards' runs would wait for each other.
+    v_hi := coalesce((SELECT CASE WHEN s.is_called THEN s.last_value END
+                        FROM waybill.usage_events_seq_seq s), 0);
     SELECT array_agg(DISTINCT l.virtualtransaction) INTO v_vxids
       FROM pg_locks l
-     WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events'::regclass
-       AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid();
+     WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events_seq_seq'::regclass
+       AND l.mode = 'RowExclusiveLock' AND l.granted
+       AND l.pid IS DISTINCT FROM pg_backend_pid();  -- a prepared transaction's pid is NULL
     v_deadline := clock_timestamp() + p_max_wait;
     WHILE v_vxids IS NOT NULL AND EXISTS (
         SELECT 1 FROM pg_locks l
-         WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events'::regclass
+         WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events_seq_seq'::regclass
            AND l.virtualtransaction = ANY (v_vxids))
     LOOP
         IF clock_timestamp() > v_deadline THEN
