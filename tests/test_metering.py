@@ -381,6 +381,32 @@ def test_a_caching_event_sequence_stops_the_rollup_before_it_can_skip_events(db_
     assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 12}
 
 
+def test_a_sequence_set_back_below_the_watermark_stops_the_rollup(db):
+    project = new_project()
+    put(db, project, "bandwidth.usage", "web", "2026-03-03 10:10", egress_gb=3)
+    put(db, project, "bandwidth.usage", "web", "2026-03-03 10:20", egress_gb=4)
+    put(db, project, "bandwidth.usage", "web", "2026-03-03 10:30", egress_gb=5)
+    rollup(db, "2026-03-03 12:00")
+    watermark = db.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0]
+    db.execute("SELECT setval('waybill.usage_events_seq_seq', %s)", (watermark - 2,))
+    # A new event gets a number the rollups have passed: it would never be billed.
+    assert put(db, project, "bandwidth.usage", "web", "2026-03-03 12:10", egress_gb=6) < watermark
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="below shard 0's watermark"):
+        db.execute("SELECT waybill.rollup_hourly(%s)", (at("2026-03-03 13:00"),))
+
+
+def test_an_open_insert_in_a_copy_of_the_database_is_not_waited_for(server_url, template_url, db):
+    other = clone_database(server_url, template_url)  # the same oids as this one
+    try:
+        with psycopg.connect(other) as writer:
+            put(writer, new_project(), "bandwidth.usage", "web", "2026-03-03 10:10", egress_gb=1)
+            result = db.execute("SELECT waybill.rollup_hourly(%s, '200 milliseconds')",
+                                (at("2026-03-03 12:00"),)).fetchone()[0]
+            assert not result["waited_for_writers"]
+    finally:
+        drop_database(server_url, other)
+
+
 def test_run_killed_half_way_leaves_nothing_and_the_next_run_is_exact(db_url, db):
     project = new_project()
     put(db, project, "deployment.started", "web", "2026-03-03 10:20", **SHAPE)

@@ -23,7 +23,8 @@
 -- shard; 25001 unless READ COMMITTED
 -- (each statement must see the events committed while the run waited for them);
 -- 55P03 when writers are still open after p_max_wait (nothing changed; retry);
--- 55000 when the events' sequence caches numbers (below: the safe upper bound).
+-- 55000 when the events' sequence caches numbers or is below the watermark
+-- (below: the safe upper bound).
 CREATE OR REPLACE FUNCTION waybill.rollup_hourly(p_until timestamptz,
                                                  p_max_wait interval DEFAULT '5 minutes',
                                                  p_shard integer DEFAULT NULL)
@@ -35,6 +36,7 @@ DECLARE
     v_runs       jsonb := '[]';
     v_hi         bigint;
     v_seq_cache  bigint;
+    v_db         oid;
     v_vxids      text[];
     v_waited     integer := 0;
     v_deadline   timestamptz;
@@ -61,19 +63,6 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'rollup_hourly must run in READ COMMITTED, not %',
             current_setting('transaction_isolation') USING ERRCODE = '25001';
-    END IF;
-    -- The safe upper bound below holds only if a seq is drawn from the
-    -- sequence while its inserter holds the table lock. With a cache, a
-    -- session draws numbers ahead and inserts with them later, possibly
-    -- below a watermark a run has already passed: those events would never
-    -- be billed. Refuse to run rather than skip them.
-    v_seq_cache := (SELECT s.seqcache FROM pg_sequence s
-                     WHERE s.seqrelid = 'waybill.usage_events_seq_seq'::regclass);
-    IF v_seq_cache <> 1 THEN
-        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq must have CACHE 1, it has CACHE %',
-            v_seq_cache USING ERRCODE = '55000',
-            HINT = 'ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1, then restart every '
-                   'session that inserted events since: each still holds the numbers it cached';
     END IF;
     IF p_shard IS NULL THEN
         FOR v_state IN SELECT * FROM waybill.rollup_shards s ORDER BY s.shard LOOP
@@ -112,27 +101,29 @@ BEGIN
         NULL;  -- this session already used temporary tables: keep its setting
     END;
 
-    -- The safe upper bound. nextval takes RowExclusiveLock on the sequence
-    -- before it hands out a number, and the transaction holds it until it
-    -- ends, so every transaction that drew a seq <= v_hi either has ended or
-    -- is among the lock holders listed next, whichever table it inserts into
-    -- (usage_events, or one of its partitions straight, which locks the
-    -- partition, not usage_events); once those are gone, every seq <= v_hi is
-    -- committed (visible to our next statements) or never will be. Nothing
-    -- below v_hi can appear later, so the watermark never skips. The last
-    -- number is read from the sequence's row: pg_sequence_last_value() takes
-    -- that same lock, and two shards' runs would wait for each other.
-    v_hi := coalesce((SELECT CASE WHEN s.is_called THEN s.last_value END
-                        FROM waybill.usage_events_seq_seq s), 0);
+    -- The safe upper bound. An insert takes RowExclusiveLock on the table it
+    -- names (usage_events, or one of its partitions straight) when its
+    -- statement starts, before the seq defaults of its rows are drawn, and
+    -- keeps it until its transaction ends. So every transaction that drew a
+    -- seq <= v_hi either has ended or is among the holders of those locks
+    -- listed next (in this database: a copy made from it as a template has
+    -- the same oids); once those are gone, every seq <= v_hi is committed
+    -- (visible to our next statements) or never will be. Nothing below v_hi
+    -- can appear later, so the watermark never skips. (A seq must come from
+    -- the sequence: one given explicitly is not covered.)
+    v_hi := coalesce(pg_sequence_last_value('waybill.usage_events_seq_seq'::regclass), 0);
+    v_db := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
     SELECT array_agg(DISTINCT l.virtualtransaction) INTO v_vxids
       FROM pg_locks l
-     WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events_seq_seq'::regclass
+     WHERE l.locktype = 'relation' AND l.database = v_db
+       AND l.relation IN (SELECT t.relid FROM pg_partition_tree('waybill.usage_events') t)
        AND l.mode = 'RowExclusiveLock' AND l.granted
        AND l.pid IS DISTINCT FROM pg_backend_pid();  -- a prepared transaction's pid is NULL
     v_deadline := clock_timestamp() + p_max_wait;
     WHILE v_vxids IS NOT NULL AND EXISTS (
         SELECT 1 FROM pg_locks l
-         WHERE l.locktype = 'relation' AND l.relation = 'waybill.usage_events_seq_seq'::regclass
+         WHERE l.locktype = 'relation' AND l.database = v_db
+           AND l.relation IN (SELECT t.relid FROM pg_partition_tree('waybill.usage_events') t)
            AND l.virtualtransaction = ANY (v_vxids))
     LOOP
         IF clock_timestamp() > v_deadline THEN
@@ -143,8 +134,26 @@ BEGIN
         PERFORM pg_sleep(0.005);
         v_waited := v_waited + 1;
     END LOOP;
+    -- The bound also needs the sequence to hand out one number at a time: with
+    -- a cache, a session draws numbers ahead, while an earlier insert holds
+    -- the lock, and inserts with them later, below a watermark a run may have
+    -- passed. And it must not have been set back below the watermark (a
+    -- restore of the events alone): new events would get numbers already
+    -- passed. Either way those events would never be billed: refuse to run.
+    -- Checked after v_hi is read, so a change committed before it is seen.
+    v_seq_cache := (SELECT s.seqcache FROM pg_sequence s
+                     WHERE s.seqrelid = 'waybill.usage_events_seq_seq'::regclass);
+    IF v_seq_cache <> 1 THEN
+        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq must have CACHE 1, it has CACHE %',
+            v_seq_cache USING ERRCODE = '55000',
+            HINT = 'ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1, then restart every '
+                   'session that inserted events since: each still holds the numbers it cached';
+    END IF;
     IF v_hi < v_state.watermark THEN
-        v_hi := v_state.watermark;  -- a restored sequence must never move us backwards
+        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq is at %, below shard %''s watermark %',
+            v_hi, p_shard, v_state.watermark USING ERRCODE = '55000',
+            HINT = 'new events would get numbers the rollups have passed: setval it to the highest '
+                   'seq in usage_events, or above the highest watermark, whichever is greater';
     END IF;
     -- A backfill (over a million new seqs: weeks of events) reads its state
     -- events from the replay index, already sorted, and sums its point usage
