@@ -318,10 +318,12 @@ def test_open_insert_is_never_skipped_by_the_watermark(db_url, db):
         early = put(writer, project, "bandwidth.usage", "web", "2026-03-03 10:10", egress_gb=3)
         later = put(db, project, "bandwidth.usage", "web", "2026-03-03 10:20", egress_gb=4)
         assert later > early
-        # The run refuses to move past the open transaction's seq rather than skip it.
-        with pytest.raises(psycopg.errors.LockNotAvailable):
+        # The run refuses to move past the open transaction's seq rather than skip it,
+        # and names the session it waited for.
+        with pytest.raises(psycopg.errors.LockNotAvailable) as refused:
             db.execute("SELECT waybill.rollup_hourly(%s, '200 milliseconds')",
                        (at("2026-03-03 12:00"),))
+        assert refused.value.diag.message_detail == f"still open: pid {writer.info.backend_pid}"
         assert db.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0] == 0
         # A run that waits sees the insert once it commits, and includes it.
         outcome: list[Any] = []

@@ -129,6 +129,10 @@ BEGIN
         IF clock_timestamp() > v_deadline THEN
             RAISE EXCEPTION 'rollup_hourly: transactions writing usage_events still open after %',
                 p_max_wait USING ERRCODE = '55P03',
+                DETAIL = 'still open: ' || coalesce((
+                    SELECT string_agg(DISTINCT coalesce('pid ' || l.pid, 'prepared transaction '
+                                                        || l.virtualtransaction), ', ')
+                      FROM pg_locks l WHERE l.virtualtransaction = ANY (v_vxids)), 'none, just now'),
                 HINT = 'a long transaction holds rows below the watermark; the next run retries';
         END IF;
         PERFORM pg_sleep(0.005);
