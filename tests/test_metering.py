@@ -397,6 +397,28 @@ def test_a_sequence_set_back_below_the_watermark_stops_the_rollup(db):
         db.execute("SELECT waybill.rollup_hourly(%s)", (at("2026-03-03 13:00"),))
 
 
+def test_a_sequence_left_at_its_next_number_is_not_taken_for_one_set_back(db):
+    project = new_project()
+    for minute in (10, 20, 30):
+        put(db, project, "bandwidth.usage", "web", f"2026-03-03 10:{minute}", egress_gb=1)
+    rollup(db, "2026-03-03 12:00")
+    watermark = db.execute("SELECT watermark FROM waybill.rollup_state").fetchone()[0]
+    # As migration 0400 leaves it: the next number is given, none handed out since.
+    db.execute("SELECT setval('waybill.usage_events_seq_seq', %s, false)", (watermark + 1,))
+    rollup(db, "2026-03-03 13:00")
+    assert put(db, project, "bandwidth.usage", "web", "2026-03-03 13:10", egress_gb=2) == watermark + 1
+    rollup(db, "2026-03-03 14:00")
+    assert hourly(db, project, "bandwidth_gb") == {at("2026-03-03 10:00"): 3, at("2026-03-03 13:00"): 2}
+
+
+def test_a_run_in_progress_does_not_hold_back_a_change_of_the_sequence(db_url, db):
+    with psycopg.connect(db_url) as running:  # a run, its transaction still open
+        running.execute("SELECT waybill.rollup_hourly(%s)", (at("2026-03-03 12:00"),))
+        db.execute("SET lock_timeout = '2s'")
+        db.execute("ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1")  # what 55000 asks for
+        running.rollback()
+
+
 def test_an_open_insert_in_a_copy_of_the_database_is_not_waited_for(server_url, template_url, db):
     other = clone_database(server_url, template_url)  # the same oids as this one
     try:

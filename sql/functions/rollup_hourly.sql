@@ -106,12 +106,39 @@ BEGIN
     -- statement starts, before the seq defaults of its rows are drawn, and
     -- keeps it until its transaction ends. So every transaction that drew a
     -- seq <= v_hi either has ended or is among the holders of those locks
-    -- listed next (in this database: a copy made from it as a template has
+    -- listed below (in this database: a copy made from it as a template has
     -- the same oids); once those are gone, every seq <= v_hi is committed
     -- (visible to our next statements) or never will be. Nothing below v_hi
     -- can appear later, so the watermark never skips. (A seq must come from
-    -- the sequence: one given explicitly is not covered.)
-    v_hi := coalesce(pg_sequence_last_value('waybill.usage_events_seq_seq'::regclass), 0);
+    -- the sequence: one given explicitly is not covered.) v_hi is read from
+    -- the sequence's row: pg_sequence_last_value() would hold RowExclusiveLock
+    -- on the sequence for the whole run, so an ALTER SEQUENCE would wait for
+    -- the run and every insert for the ALTER; and it says NULL after a setval
+    -- (..., false), where the last number handed out is last_value - 1.
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END INTO v_hi
+      FROM waybill.usage_events_seq_seq s;
+    -- The bound also needs the sequence to hand out one number at a time: with
+    -- a cache, a session draws numbers ahead, while an earlier insert holds
+    -- the lock, and inserts with them later, below a watermark a run may have
+    -- passed. And it must not have been set back below the watermark (a
+    -- restore of the events alone): new events would get numbers already
+    -- passed. Either way those events would never be billed: refuse to run.
+    -- Checked after v_hi is read, so a change committed before it is seen.
+    v_seq_cache := (SELECT s.seqcache FROM pg_sequence s
+                     WHERE s.seqrelid = 'waybill.usage_events_seq_seq'::regclass);
+    IF v_seq_cache <> 1 THEN
+        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq must have CACHE 1, it has CACHE %',
+            v_seq_cache USING ERRCODE = '55000',
+            HINT = 'ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1, then restart every '
+                   'session that inserted events since: each still holds the numbers it cached';
+    END IF;
+    IF v_hi < v_state.watermark THEN
+        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq is at %, below shard %''s watermark %',
+            v_hi, p_shard, v_state.watermark USING ERRCODE = '55000',
+            HINT = 'new events would get numbers the rollups have passed: setval it to the highest '
+                   'seq in usage_events, or above the highest watermark, whichever is greater; '
+                   'waybill.recompute_usage_from_scratch() then counts events numbered below it';
+    END IF;
     v_db := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
     SELECT array_agg(DISTINCT l.virtualtransaction) INTO v_vxids
       FROM pg_locks l
@@ -138,27 +165,6 @@ BEGIN
         PERFORM pg_sleep(0.005);
         v_waited := v_waited + 1;
     END LOOP;
-    -- The bound also needs the sequence to hand out one number at a time: with
-    -- a cache, a session draws numbers ahead, while an earlier insert holds
-    -- the lock, and inserts with them later, below a watermark a run may have
-    -- passed. And it must not have been set back below the watermark (a
-    -- restore of the events alone): new events would get numbers already
-    -- passed. Either way those events would never be billed: refuse to run.
-    -- Checked after v_hi is read, so a change committed before it is seen.
-    v_seq_cache := (SELECT s.seqcache FROM pg_sequence s
-                     WHERE s.seqrelid = 'waybill.usage_events_seq_seq'::regclass);
-    IF v_seq_cache <> 1 THEN
-        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq must have CACHE 1, it has CACHE %',
-            v_seq_cache USING ERRCODE = '55000',
-            HINT = 'ALTER SEQUENCE waybill.usage_events_seq_seq CACHE 1, then restart every '
-                   'session that inserted events since: each still holds the numbers it cached';
-    END IF;
-    IF v_hi < v_state.watermark THEN
-        RAISE EXCEPTION 'rollup_hourly: waybill.usage_events_seq_seq is at %, below shard %''s watermark %',
-            v_hi, p_shard, v_state.watermark USING ERRCODE = '55000',
-            HINT = 'new events would get numbers the rollups have passed: setval it to the highest '
-                   'seq in usage_events, or above the highest watermark, whichever is greater';
-    END IF;
     -- A backfill (over a million new seqs: weeks of events) reads its state
     -- events from the replay index, already sorted, and sums its point usage
     -- with parallel workers, in a hash table; an hour's worth is read by seq
