@@ -37,6 +37,7 @@ DECLARE
     v_hi         bigint;
     v_seq_cache  bigint;
     v_db         oid;
+    v_event_tables oid[];  -- usage_events and its partitions
     v_vxids      text[];
     v_waited     integer := 0;
     v_deadline   timestamptz;
@@ -140,17 +141,16 @@ BEGIN
                    'waybill.recompute_usage_from_scratch() then counts events numbered below it';
     END IF;
     v_db := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    v_event_tables := ARRAY(SELECT t.relid FROM pg_partition_tree('waybill.usage_events') t);
     SELECT array_agg(DISTINCT l.virtualtransaction) INTO v_vxids
       FROM pg_locks l
-     WHERE l.locktype = 'relation' AND l.database = v_db
-       AND l.relation IN (SELECT t.relid FROM pg_partition_tree('waybill.usage_events') t)
+     WHERE l.locktype = 'relation' AND l.database = v_db AND l.relation = ANY (v_event_tables)
        AND l.mode = 'RowExclusiveLock' AND l.granted
        AND l.pid IS DISTINCT FROM pg_backend_pid();  -- a prepared transaction's pid is NULL
     v_deadline := clock_timestamp() + p_max_wait;
     WHILE v_vxids IS NOT NULL AND EXISTS (
         SELECT 1 FROM pg_locks l
-         WHERE l.locktype = 'relation' AND l.database = v_db
-           AND l.relation IN (SELECT t.relid FROM pg_partition_tree('waybill.usage_events') t)
+         WHERE l.locktype = 'relation' AND l.database = v_db AND l.relation = ANY (v_event_tables)
            AND l.virtualtransaction = ANY (v_vxids))
     LOOP
         IF clock_timestamp() > v_deadline THEN
